@@ -1,0 +1,3 @@
+from loglatent.cli import main
+
+main()

@@ -1,0 +1,247 @@
+"""The ``loglatent`` command line. Errors become one message and an exit code here, and only here."""
+
+from __future__ import annotations
+
+import logging
+import sys
+import time
+from datetime import date, datetime, time as clock_time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import click
+
+from loglatent import __version__
+from loglatent.config import Config, load_config
+from loglatent.errors import InputError, LoglatentError
+
+log = logging.getLogger("loglatent")
+
+
+class _Progress:
+    """A progress bar on a terminal, a log line every 10 seconds elsewhere."""
+
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.total: int | None = None
+        self.done = 0
+        self._bar: Any = None
+        self._last_log = time.monotonic()
+        self._tty = sys.stderr.isatty()
+
+    def set_total(self, total: int) -> None:
+        self.total = total
+        if self._tty:
+            self._bar = click.progressbar(length=max(total, 1), label=self.label, file=sys.stderr, show_pos=True)
+            self._bar.__enter__()
+
+    def advance(self, count: int) -> None:
+        self.done += count
+        if self._bar is not None:
+            self._bar.update(count)
+        elif time.monotonic() - self._last_log >= 10:
+            self._last_log = time.monotonic()
+            of_total = f" of {self.total}" if self.total is not None else ""
+            log.info("%s: %d%s documents", self.label, self.done, of_total)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.__exit__(None, None, None)
+            self._bar = None
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--config",
+    "config_path",
+    type=click.Path(dir_okay=False, path_type=Path),
+    envvar="LOGLATENT_CONFIG",
+    required=True,
+    help="YAML configuration file (see config.example.yaml). Also read from LOGLATENT_CONFIG.",
+)
+@click.option(
+    "--log-level",
+    type=click.Choice(["DEBUG", "INFO", "WARNING", "ERROR"], case_sensitive=False),
+    default="INFO",
+    show_default=True,
+    help="Minimum level of log lines written to standard error.",
+)
+@click.version_option(__version__, prog_name="loglatent")
+@click.pass_context
+def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
+    """Learn each log stream's daily rhythm from syslog in Elasticsearch and report anomalies."""
+    logging.basicConfig(
+        level=log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    # The client logs every retried request with a traceback; the final error is reported once, below.
+    logging.getLogger("elastic_transport").setLevel(logging.ERROR)
+    logging.getLogger("drain3").setLevel(logging.WARNING)
+    ctx.obj = load_config(config_path)
+
+
+@cli.command()
+@click.argument("logfiles", nargs=-1, required=True, type=click.Path(exists=True, dir_okay=False, path_type=Path))
+@click.option("--index", help="Index to load into. Default: source.index, when it names one index.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["auto", "rfc3164", "rfc5424", "jsonl", "iosxr"]),
+    default="auto",
+    show_default=True,
+    help="Line format; auto recognises each line on its own.",
+)
+@click.option("--year", type=click.IntRange(1970, 2100), help="Year of the first line, for formats without a year.")
+@click.option("--host", help="Host of lines that carry none. Default for IOS-XR files: the file name up to its first dot.")
+@click.option("--timezone", "zone_name", help="Timezone of timestamps written without an offset. Default: source.timezone.")
+@click.option(
+    "--reference-time",
+    type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
+    help="When the file was written out, in UTC, for inferring years without --year. Default: now.",
+)
+@click.pass_obj
+def load(
+    config: Config,
+    logfiles: tuple[Path, ...],
+    index: str | None,
+    fmt: str,
+    year: int | None,
+    host: str | None,
+    zone_name: str | None,
+    reference_time: datetime | None,
+) -> None:
+    """Parse LOGFILE... and bulk-index the lines into Elasticsearch."""
+    from loglatent.es import connect
+    from loglatent.load import load_files
+    from loglatent.logfiles import ParseOptions
+
+    index = index or config.source.index
+    zone_name = zone_name or config.source.timezone
+    _check_timezone(zone_name)
+    options = ParseOptions(
+        fmt=fmt,
+        year=year,
+        host=host,
+        timezone=zone_name,
+        reference_time=reference_time.replace(tzinfo=timezone.utc) if reference_time else None,
+    )
+    client = connect(config.elasticsearch)
+    progress = _Progress(f"Loading into {index}")
+    try:
+        summary = load_files(client, list(logfiles), index, options, progress=progress.advance)
+    finally:
+        progress.close()
+
+    parse = summary.parse
+    click.echo(f"Loaded {summary.indexed} of {parse.lines} lines from {len(logfiles)} file(s) into {index} "
+               f"in {summary.seconds:.1f} s")
+    _echo_counter("Skipped", parse.skipped)
+    _echo_counter("Kept with a note", parse.notes)
+    if summary.failed:
+        _echo_counter("Failed to index", summary.failed)
+        raise LoglatentError(f"{sum(summary.failed.values())} documents were not indexed; see the reasons above")
+
+
+@cli.command()
+@click.option("--from", "start", help="First day (YYYY-MM-DD, in source.timezone) or time (ISO 8601 with offset).")
+@click.option("--to", "end", help="Last day, included, or an end time, excluded. Default: now minus ingest.settle_seconds.")
+@click.option("--max-documents", type=click.IntRange(1), help="Stop after about this many documents; the next run resumes.")
+@click.pass_obj
+def ingest(config: Config, start: str | None, end: str | None, max_documents: int | None) -> None:
+    """Read new syslog documents and add them to the per-event minute histograms."""
+    from loglatent.es import connect
+    from loglatent.ingest import ingest as run_ingest
+
+    zone = config.source.zone
+    start_time = _parse_bound(start, zone, "--from", end_of_day=False) if start else None
+    end_time = _parse_bound(end, zone, "--to", end_of_day=True) if end else None
+    client = connect(config.elasticsearch)
+    progress = _Progress("Ingesting")
+    try:
+        summary = run_ingest(
+            client, config, start_time, end_time, max_documents, progress=progress.advance, on_total=progress.set_total
+        )
+    finally:
+        progress.close()
+
+    click.echo(f"Read {summary.documents} documents in {summary.seconds:.1f} s "
+               f"({summary.documents / max(summary.seconds, 1e-9):,.0f}/s); counted {summary.counted}")
+    _echo_counter("Skipped", summary.skipped)
+    _echo_counter("Kept with a note", summary.notes)
+    if summary.without_timestamp:
+        click.echo(f"Documents without {config.source.timestamp_field} in {config.source.index} (never read): "
+                   f"{summary.without_timestamp}")
+    click.echo(f"Templates: {summary.templates} ({summary.new_templates} new); "
+               f"events: {summary.events} ({summary.new_events} new); days touched: {len(summary.days)}")
+    if summary.checkpoint:
+        click.echo(f"Checkpoint: {summary.checkpoint}")
+    if summary.stopped_early:
+        click.echo("Stopped at --max-documents; run ingest again to continue.")
+
+
+@cli.command("export-histograms")
+@click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz file.")
+@click.option("--from", "start", type=click.DateTime(formats=["%Y-%m-%d"]), help="First day to export (YYYY-MM-DD).")
+@click.option("--to", "end", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day to export, included.")
+@click.pass_obj
+def export_histograms(config: Config, out: Path, start: datetime | None, end: datetime | None) -> None:
+    """Write every event-day's 1,440 minute counts to an .npz file."""
+    from loglatent.histograms import export_npz
+    from loglatent.ingest import open_store
+
+    with open_store(config) as store:
+        rows = export_npz(store, out, start.date() if start else None, end.date() if end else None)
+        total = store.total_count() if start is None and end is None else None
+    click.echo(f"Wrote {rows} data points to {out}" + (f" ({total} messages)" if total is not None else ""))
+
+
+def _parse_bound(text: str, zone: ZoneInfo, option: str, end_of_day: bool) -> datetime:
+    try:
+        day = date.fromisoformat(text)
+    except ValueError:
+        day = None
+    if day is not None:
+        if end_of_day:
+            day += timedelta(days=1)
+        return datetime.combine(day, clock_time(0), tzinfo=zone)
+    try:
+        moment = datetime.fromisoformat(text)
+    except ValueError:
+        raise InputError(f"{option} {text!r}: expected a day such as 2024-03-31 or a time such as "
+                         "2024-03-31T12:00:00+02:00") from None
+    return moment if moment.tzinfo else moment.replace(tzinfo=zone)
+
+
+def _check_timezone(name: str) -> None:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        raise InputError(f"--timezone {name!r}: unknown timezone; expected an IANA name such as 'UTC' or "
+                         "'Europe/Berlin'") from None
+
+
+def _echo_counter(title: str, counter: Any) -> None:
+    if not counter:
+        return
+    details = ", ".join(f"{reason}: {count}" for reason, count in sorted(counter.items()))
+    click.echo(f"{title}: {sum(counter.values())} ({details})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Run the CLI; print ``LoglatentError`` as one line and exit with its code."""
+    try:
+        cli.main(args=argv, prog_name="loglatent", standalone_mode=False)
+    except LoglatentError as exc:
+        click.echo(f"error: {exc}", err=True)
+        sys.exit(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("Aborted.", err=True)
+        sys.exit(130)
+    except click.ClickException as exc:
+        exc.show()
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        click.echo("Interrupted; the last commit is kept and the next run resumes from it.", err=True)
+        sys.exit(130)

@@ -1,0 +1,257 @@
+"""Load and validate the YAML configuration file once, at start, into frozen objects.
+
+Every problem is reported in one shape: the file, the key path, what is allowed and what was
+found. ``${VAR}`` in any string value is replaced from the environment, so secrets stay out of
+the file; ``$${`` writes a literal ``${``.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+import re
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from loglatent.errors import ConfigError
+
+_ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class ElasticsearchConfig(_Section):
+    """Connection to the Elasticsearch cluster that holds the syslog and receives the anomalies."""
+
+    hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"], min_length=1)
+    api_key: SecretStr | None = None
+    username: str | None = None
+    password: SecretStr | None = None
+    ca_certs: Path | None = None
+    verify_certs: bool = True
+    request_timeout: float = Field(default=30.0, gt=0)
+
+    @field_validator("hosts")
+    @classmethod
+    def _hosts_are_urls(cls, hosts: list[str]) -> list[str]:
+        for host in hosts:
+            if not re.match(r"^https?://[^/\s]+", host):
+                raise ValueError(
+                    f"expected a URL such as 'http://127.0.0.1:9200' or 'https://es.example.net:9200', got {host!r}"
+                )
+        return hosts
+
+    @model_validator(mode="after")
+    def _one_credential_kind(self) -> ElasticsearchConfig:
+        if self.api_key is not None and (self.username is not None or self.password is not None):
+            raise ValueError("set either api_key or username and password, not both")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password must be set together")
+        return self
+
+
+class SourceConfig(_Section):
+    """Where the syslog documents are and which fields carry the timestamp, host and message."""
+
+    index: str = "logs-*"
+    timestamp_field: str = "@timestamp"
+    host_field: str = "host.name"
+    message_field: str = "message"
+    query: dict[str, Any] | None = None
+    timezone: str = "UTC"
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        try:
+            ZoneInfo(name)
+        except (ZoneInfoNotFoundError, ValueError):
+            close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            raise ValueError(
+                f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+            ) from None
+        return name
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
+class OutputConfig(_Section):
+    """Where anomaly documents are written."""
+
+    index: str = "loglatent-anomalies"
+
+
+class HostsConfig(_Section):
+    """How host names from different sources are folded into one device."""
+
+    strip_domain: bool = True
+
+
+class TemplatesConfig(_Section):
+    """Settings of the Drain template miner."""
+
+    similarity_threshold: float = Field(default=0.4, gt=0, le=1)
+    depth: int = Field(default=4, ge=3, le=10)
+    max_children: int = Field(default=100, ge=2)
+    max_message_chars: int = Field(default=4096, ge=64)
+
+
+class IngestConfig(_Section):
+    """How the worker reads syslog documents and commits its progress."""
+
+    page_size: int = Field(default=5000, ge=1, le=10000)
+    commit_every: int = Field(default=50000, ge=1)
+    settle_seconds: int = Field(default=120, ge=0)
+    point_in_time_keep_alive: str = "2m"
+
+    @field_validator("point_in_time_keep_alive")
+    @classmethod
+    def _time_unit(cls, value: str) -> str:
+        if not re.fullmatch(r"\d+(ms|s|m|h)", value):
+            raise ValueError(f"expected a duration such as '30s', '2m' or '1h', got {value!r}")
+        return value
+
+
+class Config(_Section):
+    """The whole validated configuration. Runtime state never lives here."""
+
+    elasticsearch: ElasticsearchConfig = Field(default_factory=ElasticsearchConfig)
+    source: SourceConfig = Field(default_factory=SourceConfig)
+    output: OutputConfig = Field(default_factory=OutputConfig)
+    hosts: HostsConfig = Field(default_factory=HostsConfig)
+    templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
+    ingest: IngestConfig = Field(default_factory=IngestConfig)
+    data_dir: Path = Path("data")
+
+
+def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Config:
+    """Read, expand and validate the YAML file at ``path``.
+
+    Relative ``data_dir`` and ``ca_certs`` paths are resolved against the file's folder, so the
+    worker behaves the same whatever its working directory is.
+
+    Raises
+    ------
+    ConfigError
+        With the file, the key path, the allowed values and the value found.
+    """
+    path = Path(path)
+    environ = dict(os.environ) if environ is None else environ
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(
+            f"{path}: configuration file not found; copy config.example.yaml and pass it with --config"
+        ) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{path}: cannot read the configuration file: {exc}") from None
+
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: invalid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping of sections at the top level, got {type(raw).__name__}")
+
+    expanded = _expand_environment(raw, environ, path, key_path="")
+    try:
+        config = Config.model_validate(expanded)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(path, exc)) from None
+    config = _resolve_paths(config, path.resolve().parent)
+    ca_certs = config.elasticsearch.ca_certs
+    if ca_certs is not None and not ca_certs.is_file():
+        raise ConfigError(f"{path}: elasticsearch.ca_certs: file not found: {str(ca_certs)!r}")
+    return config
+
+
+def _expand_environment(value: Any, environ: dict[str, str], path: Path, key_path: str) -> Any:
+    if isinstance(value, dict):
+        return {
+            key: _expand_environment(item, environ, path, f"{key_path}.{key}" if key_path else str(key))
+            for key, item in value.items()
+        }
+    if isinstance(value, list):
+        return [_expand_environment(item, environ, path, f"{key_path}[{i}]") for i, item in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match[str]) -> str:
+        if match.group(0) == "$${":
+            return "${"
+        name = match.group(1)
+        if name not in environ:
+            raise ConfigError(
+                f"{path}: {key_path}: environment variable {name} is not set; export it before starting loglatent"
+            )
+        return environ[name]
+
+    return _ENV_REFERENCE.sub(substitute, value)
+
+
+def _format_validation_error(path: Path, exc: ValidationError) -> str:
+    lines = [f"{path}: invalid configuration:"]
+    for error in exc.errors():
+        location = [str(part) for part in error["loc"]]
+        key = ".".join(location) or "(top level)"
+        if error["type"] == "extra_forbidden":
+            allowed = _allowed_keys(location[:-1])
+            close = difflib.get_close_matches(location[-1], allowed, n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            lines.append(f"  {key}: unknown key{hint}; allowed here: {', '.join(allowed)}")
+            continue
+        received = error.get("input")
+        shown = "(secret)" if _is_secret(location) else repr(received)
+        if isinstance(received, dict) and error["type"] != "model_type":
+            lines.append(f"  {key}: {error['msg']}")
+        else:
+            lines.append(f"  {key}: {error['msg']}; got {shown}")
+    return "\n".join(lines)
+
+
+def _allowed_keys(location: list[str]) -> list[str]:
+    model: type[BaseModel] = Config
+    for part in location:
+        annotation = model.model_fields[part].annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+            model = annotation
+        else:
+            return []
+    return list(model.model_fields)
+
+
+def _is_secret(location: list[str]) -> bool:
+    return bool(location) and location[-1] in {"password", "api_key"}
+
+
+def _resolve_paths(config: Config, base: Path) -> Config:
+    data_dir = config.data_dir if config.data_dir.is_absolute() else base / config.data_dir
+    update: dict[str, Any] = {"data_dir": data_dir}
+    ca_certs = config.elasticsearch.ca_certs
+    if ca_certs is not None and not ca_certs.is_absolute():
+        update["elasticsearch"] = config.elasticsearch.model_copy(update={"ca_certs": base / ca_certs})
+    return config.model_copy(update=update)
+
+
+def secret_value(secret: SecretStr | None) -> str | None:
+    return None if secret is None else secret.get_secret_value()
+

@@ -1,0 +1,17 @@
+"""Shared helpers for tests that write documents into the real node."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from elasticsearch import Elasticsearch, helpers
+
+from loglatent.load import ensure_log_index
+
+
+def index_documents(es: Elasticsearch, index: str, documents: list[dict[str, Any]]) -> None:
+    ensure_log_index(es, index)
+    actions = ({"_index": index, "_id": str(i), "_source": doc} for i, doc in enumerate(documents))
+    indexed, errors = helpers.bulk(es, actions, refresh="wait_for", raise_on_error=False)
+    assert errors == [], errors
+    assert indexed == len(documents)

@@ -1,0 +1,102 @@
+from pathlib import Path
+
+import pytest
+
+from loglatent.config import load_config
+from loglatent.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "config.yaml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults_follow_ecs(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "source:\n  index: syslog-*\n"), environ={})
+    assert config.source.timestamp_field == "@timestamp"
+    assert config.source.host_field == "host.name"
+    assert config.source.message_field == "message"
+    assert config.source.timezone == "UTC"
+    assert config.output.index == "loglatent-anomalies"
+    assert config.data_dir == tmp_path / "data"
+
+
+def test_unknown_key_suggests_the_right_one(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "source:\n  timezon: UTC\n"), environ={})
+    message = str(error.value)
+    assert "source.timezon" in message
+    assert "did you mean 'timezone'" in message
+    assert "timestamp_field" in message  # the allowed keys are listed
+
+
+def test_misplaced_key_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"elasticsearch\.timezone: unknown key"):
+        load_config(write(tmp_path, "elasticsearch:\n  timezone: UTC\n"), environ={})
+
+
+def test_bad_type_names_key_and_value(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "ingest:\n  page_size: lots\n"), environ={})
+    assert "ingest.page_size" in str(error.value)
+    assert "'lots'" in str(error.value)
+
+
+def test_bad_timezone_suggests_close_name(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "source:\n  timezone: Europe/Berln\n"), environ={})
+    assert "source.timezone" in str(error.value)
+    assert "Europe/Berlin" in str(error.value)
+
+
+def test_environment_variables_are_expanded(tmp_path: Path) -> None:
+    text = "elasticsearch:\n  username: ops\n  password: ${ES_PASSWORD}\n  hosts: ['https://${ES_HOST}:9200']\n"
+    config = load_config(write(tmp_path, text), environ={"ES_PASSWORD": "s3cret", "ES_HOST": "es.example.net"})
+    assert config.elasticsearch.password is not None
+    assert config.elasticsearch.password.get_secret_value() == "s3cret"
+    assert config.elasticsearch.hosts == ["https://es.example.net:9200"]
+    assert "s3cret" not in repr(config)
+
+
+def test_escaped_dollar_is_kept_literally(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "source:\n  index: 'logs-$${literal}'\n"), environ={})
+    assert config.source.index == "logs-${literal}"
+
+
+def test_missing_environment_variable_is_named(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"elasticsearch\.api_key: environment variable ES_API_KEY is not set"):
+        load_config(write(tmp_path, "elasticsearch:\n  api_key: ${ES_API_KEY}\n"), environ={})
+
+
+def test_secret_is_not_echoed_in_errors(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "elasticsearch:\n  password: [hunter2]\n  username: ops\n"), environ={})
+    assert "hunter2" not in str(error.value)
+
+
+def test_api_key_and_password_exclude_each_other(tmp_path: Path) -> None:
+    text = "elasticsearch:\n  api_key: abc\n  username: ops\n  password: pw\n"
+    with pytest.raises(ConfigError, match="either api_key or username and password"):
+        load_config(write(tmp_path, text), environ={})
+
+
+def test_host_must_be_url(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="elasticsearch.hosts"):
+        load_config(write(tmp_path, "elasticsearch:\n  hosts: [localhost:9200]\n"), environ={})
+
+
+def test_missing_file_says_what_to_do(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="config.example.yaml"):
+        load_config(tmp_path / "nope.yaml", environ={})
+
+
+def test_invalid_yaml_is_reported(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="invalid YAML"):
+        load_config(write(tmp_path, "source: [unclosed\n"), environ={})
+
+
+def test_example_config_is_valid() -> None:
+    example = Path(__file__).resolve().parent.parent / "config.example.yaml"
+    config = load_config(example, environ={"LOGLATENT_ES_PASSWORD": "x"})
+    assert config.source.index
