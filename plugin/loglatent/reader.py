@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -123,21 +124,31 @@ class SourceReader:
             }
         ]
         fields = [self.source.host_field, self.source.message_field]
-        search_after: list[Any] | None = None
-        pending: list[Hit] = []
-        while True:
+
+        def fetch(search_after: list[Any] | None) -> tuple[list[Hit], list[Any] | None]:
             response = self._search(query, sort, fields, search_after)
             hits = response.get("hits", {}).get("hits", [])
             page = [Hit(hit["sort"][0], hit.get("_source", {})) for hit in hits]
-            if not page:
-                break
-            search_after = hits[-1]["sort"]
-            pending.extend(page)
-            complete, pending = _split_trailing_group(pending)
-            if complete:
-                yield complete
-            if len(page) < self.page_size:
-                break
+            return page, (hits[-1]["sort"] if hits else None)
+
+        # The next page is requested while the caller processes this one, so the node's search
+        # and the caller's work overlap.
+        pending: list[Hit] = []
+        with ThreadPoolExecutor(max_workers=1, thread_name_prefix="loglatent-read") as prefetcher:
+            next_page = prefetcher.submit(fetch, None)
+            while True:
+                page, search_after = next_page.result()
+                if not page:
+                    break
+                last_page = len(page) < self.page_size
+                if not last_page:
+                    next_page = prefetcher.submit(fetch, search_after)
+                pending.extend(page)
+                complete, pending = _split_trailing_group(pending)
+                if complete:
+                    yield complete
+                if last_page:
+                    break
         if pending:
             yield pending
 
