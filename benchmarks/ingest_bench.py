@@ -1,7 +1,7 @@
 """Benchmark: full ingest rate against a bare point-in-time read of the same documents.
 
 Fills an index on a local node with real syslog lines (the bundled Linux.log, replayed for many
-hosts) until it holds ``--documents`` documents, then measures in one run:
+hosts) until it contains ``--documents`` documents, then measures in one run:
 
 1. a bare read: point in time, ``search_after``, the same sort, page size and ``_source`` fields
    as the product, decoding the JSON and nothing else;

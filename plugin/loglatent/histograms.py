@@ -2,8 +2,8 @@
 
 A data point is one event's one local day: 1,440 counts, one per wall-clock minute of the day in
 ``source.timezone``. A daylight-saving day keeps 1,440 minutes. On the 23-hour day the skipped
-hour's minutes stay zero; on the 25-hour day the repeated hour's messages are added to the same
-minutes, so no message is lost and a job that runs at 03:00 local time stays at minute 180.
+hour's minutes stay zero. On the 25-hour day the repeated hour's messages are added to the same
+minutes. So no message is lost, and a job that runs at 03:00 local time stays at minute 180.
 
 The store is one SQLite database, ``DATA_DIR/histograms.sqlite``. Counts, events, templates, the
 template miner's state and the ingest checkpoint change together in one transaction, so a worker
@@ -155,11 +155,11 @@ class HistogramStore:
         self.close()
 
     def _check_settings(self, settings: dict[str, object]) -> None:
-        wanted = json.dumps(settings, sort_keys=True)
+        configured = json.dumps(settings, sort_keys=True)
         row = self._db.execute("SELECT value FROM meta WHERE key = 'settings'").fetchone()
         if row is None:
             with self._transaction():
-                self._db.execute("INSERT INTO meta VALUES ('settings', ?)", (wanted,))
+                self._db.execute("INSERT INTO meta VALUES ('settings', ?)", (configured,))
                 self._db.execute("INSERT INTO meta VALUES ('schema_version', ?)", (str(SCHEMA_VERSION),))
             return
         stored = json.loads(row[0])

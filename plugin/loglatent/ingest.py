@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class IngestSummary:
-    """What one ingest run read and counted."""
+    """Counts of one ingest run: documents read, counted and skipped, templates, events and days."""
 
     documents: int = 0
     counted: int = 0
@@ -52,7 +52,7 @@ class IngestSummary:
 
 
 def store_settings(config: Config) -> dict[str, object]:
-    """The settings that give stored counts their meaning; a store refuses to mix two sets of them."""
+    """Return the settings that give stored counts their meaning. A store rejects a change of them."""
     return {
         "timezone": config.source.timezone,
         "strip_domain": config.hosts.strip_domain,

@@ -64,7 +64,7 @@ class SourceReader:
         self.reopened = 0
 
     def count(self, window: ReadWindow) -> int:
-        """Return how many documents ``window`` holds now."""
+        """Return the number of documents in ``window`` now."""
         try:
             response = self.client.count(index=self.source.index, query=self._query(window), allow_no_indices=True)
         except (ApiError, TransportError) as exc:

@@ -15,10 +15,11 @@ uninterrupted one. Drain3 itself could move such a message to a newer, closer cl
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 
 from drain3 import TemplateMiner
-from drain3.masking import MaskingInstruction
+from drain3.masking import LogMasker, MaskingInstruction
 from drain3.memory_buffer_persistence import MemoryBufferPersistence
 from drain3.template_miner_config import TemplateMinerConfig
 
@@ -130,8 +131,8 @@ class TemplateMinerState:
 
 
 def mask(message: str) -> str:
-    """Return ``message`` with the variables masked, as the miner sees it."""
-    return _masker().mask(message)
+    """Return ``message`` with its variables masked, as the miner receives it."""
+    return _default_masker().mask(message)
 
 
 def _drain_config(settings: TemplatesConfig) -> TemplateMinerConfig:
@@ -148,12 +149,7 @@ def _drain_config(settings: TemplatesConfig) -> TemplateMinerConfig:
     return config
 
 
-_MASKER = None
-
-
-def _masker():  # type: ignore[no-untyped-def]
-    global _MASKER
-    if _MASKER is None:
-        _MASKER = TemplateMiner(None, _drain_config(TemplatesConfig())).masker
-    return _MASKER
+@functools.cache
+def _default_masker() -> LogMasker:
+    return LogMasker(_drain_config(TemplatesConfig()).masking_instructions, "<", ">")
 
