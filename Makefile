@@ -16,6 +16,7 @@ demo: $(VENV)/.installed
 	scripts/demo.sh
 
 test: $(VENV)/.installed
+	$(VENV)/bin/mypy
 	$(VENV)/bin/pytest
 
 bench-ingest: $(VENV)/.installed

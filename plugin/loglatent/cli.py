@@ -49,6 +49,7 @@ class _Progress:
         if self._bar is not None:
             self._bar.__exit__(None, None, None)
             self._bar = None
+            click.echo(err=True)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -177,6 +178,9 @@ def ingest(config: Config, start: str | None, end: str | None, max_documents: in
                f"events: {summary.events} ({summary.new_events} new); days touched: {len(summary.days)}")
     if summary.checkpoint:
         click.echo(f"Checkpoint: {summary.checkpoint}")
+    else:
+        click.echo(f"No documents found in {config.source.index} for this window; check source.index, "
+                   "source.query and --from/--to")
     if summary.stopped_early:
         click.echo("Stopped at --max-documents; run ingest again to continue.")
 

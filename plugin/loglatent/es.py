@@ -20,19 +20,20 @@ def connect(settings: ElasticsearchConfig, check_version: bool = True) -> Elasti
     The Python client is the 8.x line, which talks to 8.x servers natively and to 9.x servers
     through their REST compatibility with 8.x.
     """
-    auth: dict[str, object] = {}
+    options: dict[str, object] = {}
+    if settings.ca_certs is not None:
+        options["ca_certs"] = str(settings.ca_certs)
     if settings.api_key is not None:
-        auth["api_key"] = secret_value(settings.api_key)
+        options["api_key"] = secret_value(settings.api_key)
     elif settings.username is not None:
-        auth["basic_auth"] = (settings.username, secret_value(settings.password))
+        options["basic_auth"] = (settings.username, secret_value(settings.password))
     client = Elasticsearch(
         settings.hosts,
-        ca_certs=str(settings.ca_certs) if settings.ca_certs else None,
         verify_certs=settings.verify_certs,
         request_timeout=settings.request_timeout,
         retry_on_timeout=True,
         max_retries=3,
-        **auth,  # type: ignore[arg-type]
+        **options,  # type: ignore[arg-type]
     )
     if check_version:
         version = server_version(client, settings.hosts)

@@ -86,7 +86,7 @@ def ingest(
         run = _IngestRun(client, config, store)
         summary = run.execute(start, end, max_documents, progress, on_total)
     summary.seconds = time.monotonic() - started
-    log.info(
+    log.debug(
         "Ingest read %d documents (%d counted, %d skipped%s) into %d events and %d templates on %d days in %.1f s",
         summary.documents,
         summary.counted,

@@ -130,7 +130,7 @@ def _document(record: LogRecord, path: Path) -> dict[str, Any]:
 
 
 def _failure_reason(item: dict[str, Any]) -> str:
-    result = next(iter(item.values()), {})
+    result: dict[str, Any] = next(iter(item.values()), {})
     error = result.get("error", {})
     if isinstance(error, dict):
         return f"{result.get('status', '?')} {error.get('type', 'error')}: {str(error.get('reason', ''))[:200]}"
