@@ -23,4 +23,4 @@ echo "== Building per-event minute histograms"
 
 echo
 echo "Histograms: demo/output/histograms.npz (numpy.load it: counts, host, template, template_id, day)"
-echo "Stop Elasticsearch with: scripts/elasticsearch.sh stop"
+echo "Stop Elasticsearch with: ES_PORT=${ES_PORT:-9200} scripts/elasticsearch.sh stop"

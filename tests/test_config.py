@@ -36,6 +36,11 @@ def test_misplaced_key_is_rejected(tmp_path: Path) -> None:
         load_config(write(tmp_path, "elasticsearch:\n  timezone: UTC\n"), environ={})
 
 
+def test_top_level_key_points_to_its_section(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match=r"timezone: unknown key \(it belongs under 'source'\)"):
+        load_config(write(tmp_path, "timezone: UTC\n"), environ={})
+
+
 def test_bad_type_names_key_and_value(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, "ingest:\n  page_size: lots\n"), environ={})
@@ -48,6 +53,8 @@ def test_bad_timezone_suggests_close_name(tmp_path: Path) -> None:
         load_config(write(tmp_path, "source:\n  timezone: Europe/Berln\n"), environ={})
     assert "source.timezone" in str(error.value)
     assert "Europe/Berlin" in str(error.value)
+    assert "Value error" not in str(error.value)
+    assert str(error.value).count("Europe/Berln") == 1
 
 
 def test_environment_variables_are_expanded(tmp_path: Path) -> None:

@@ -123,6 +123,12 @@ def test_invalid_utf8_is_replaced_and_kept(tmp_path: Path) -> None:
     assert stats.notes["invalid UTF-8 bytes replaced"] == 1
 
 
+def test_priority_above_191_is_invalid(tmp_path: Path) -> None:
+    records, stats = parse(tmp_path, "<999>Jun  9 06:06:20 h app: x\n<999>1 2024-01-01T00:00:00Z h app - - - x\n", year=2005)
+    assert records == []
+    assert stats.skipped == {"invalid priority": 2}
+
+
 def test_unknown_lines_are_counted_not_fatal(tmp_path: Path) -> None:
     records, stats = parse(tmp_path, "garbage\nJun  9 06:06:20 h app: ok\nFoo 12 12:00:00 h app: bad month\n", year=2005)
     assert len(records) == 1

@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 import time
+from collections.abc import Callable
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 from pathlib import Path
 from typing import Any
@@ -58,7 +60,6 @@ class _Progress:
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="LOGLATENT_CONFIG",
-    required=True,
     help="YAML configuration file (see config.example.yaml). Also read from LOGLATENT_CONFIG.",
 )
 @click.option(
@@ -70,7 +71,7 @@ class _Progress:
 )
 @click.version_option(__version__, prog_name="loglatent")
 @click.pass_context
-def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
+def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
     """Learn each log stream's daily rhythm from syslog in Elasticsearch and report anomalies."""
     logging.basicConfig(
         level=log_level.upper(),
@@ -80,7 +81,20 @@ def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
     # The client logs every retried request with a traceback; the final error is reported once, below.
     logging.getLogger("elastic_transport").setLevel(logging.ERROR)
     logging.getLogger("drain3").setLevel(logging.WARNING)
-    ctx.obj = load_config(config_path)
+    ctx.obj = config_path
+
+
+def pass_config(command: Callable[..., None]) -> Callable[..., None]:
+    """Load the configuration only when a command runs, so that ``COMMAND --help`` needs none."""
+
+    @functools.wraps(command)
+    def with_config(*args: Any, **kwargs: Any) -> None:
+        config_path = click.get_current_context().obj
+        if config_path is None:
+            raise click.UsageError("Missing option '--config' (or the LOGLATENT_CONFIG variable).")
+        command(load_config(config_path), *args, **kwargs)
+
+    return with_config
 
 
 @cli.command()
@@ -102,7 +116,7 @@ def cli(ctx: click.Context, config_path: Path, log_level: str) -> None:
     type=click.DateTime(formats=["%Y-%m-%dT%H:%M:%S", "%Y-%m-%d"]),
     help="When the file was written out, in UTC, for inferring years without --year. Default: now.",
 )
-@click.pass_obj
+@pass_config
 def load(
     config: Config,
     logfiles: tuple[Path, ...],
@@ -118,7 +132,11 @@ def load(
     from loglatent.load import load_files
     from loglatent.logfiles import ParseOptions
 
-    index = index or config.source.index
+    if index is None:
+        if any(char in config.source.index for char in "*?,"):
+            raise InputError(f"source.index {config.source.index!r} is a pattern; pass --index NAME to choose "
+                             "the index to load into (a name the pattern matches, so ingest reads it)")
+        index = config.source.index
     zone_name = zone_name or config.source.timezone
     _check_timezone(zone_name)
     options = ParseOptions(
@@ -149,7 +167,7 @@ def load(
 @click.option("--from", "start", help="First day (YYYY-MM-DD, in source.timezone) or time (ISO 8601 with offset).")
 @click.option("--to", "end", help="Last day, included, or an end time, excluded. Default: now minus ingest.settle_seconds.")
 @click.option("--max-documents", type=click.IntRange(1), help="Stop after about this many documents; the next run resumes.")
-@click.pass_obj
+@pass_config
 def ingest(config: Config, start: str | None, end: str | None, max_documents: int | None) -> None:
     """Read new syslog documents and add them to the per-event minute histograms."""
     from loglatent.es import connect
@@ -176,11 +194,17 @@ def ingest(config: Config, start: str | None, end: str | None, max_documents: in
                    f"{summary.without_timestamp}")
     click.echo(f"Templates: {summary.templates} ({summary.new_templates} new); "
                f"events: {summary.events} ({summary.new_events} new); days touched: {len(summary.days)}")
+    if summary.previous_checkpoint and start_time and _iso_utc(start_time) < summary.previous_checkpoint:
+        click.echo(f"Note: documents up to the checkpoint {summary.previous_checkpoint} were counted by earlier runs, "
+                   "so --from only reads what comes after it. To count older data again, use an empty data_dir.")
     if summary.checkpoint:
         click.echo(f"Checkpoint: {summary.checkpoint}")
+    elif not summary.source_exists:
+        click.echo(f"source.index {config.source.index!r} matches no index, alias or data stream; check "
+                   "source.index, or load logs into an index it matches")
     else:
-        click.echo(f"No documents found in {config.source.index} for this window; check source.index, "
-                   "source.query and --from/--to")
+        click.echo(f"No documents found in {config.source.index} for this window; check source.query and "
+                   "--from/--to")
     if summary.stopped_early:
         click.echo("Stopped at --max-documents; run ingest again to continue.")
 
@@ -189,16 +213,22 @@ def ingest(config: Config, start: str | None, end: str | None, max_documents: in
 @click.option("--out", required=True, type=click.Path(dir_okay=False, path_type=Path), help="Output .npz file.")
 @click.option("--from", "start", type=click.DateTime(formats=["%Y-%m-%d"]), help="First day to export (YYYY-MM-DD).")
 @click.option("--to", "end", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day to export, included.")
-@click.pass_obj
+@pass_config
 def export_histograms(config: Config, out: Path, start: datetime | None, end: datetime | None) -> None:
     """Write every event-day's 1,440 minute counts to an .npz file."""
-    from loglatent.histograms import export_npz
+    from loglatent.histograms import STORE_FILE, export_npz
     from loglatent.ingest import open_store
 
+    if not (config.data_dir / STORE_FILE).exists():
+        raise InputError(f"no histograms in data_dir {str(config.data_dir)!r}; run ingest first, or check data_dir")
     with open_store(config) as store:
         rows = export_npz(store, out, start.date() if start else None, end.date() if end else None)
         total = store.total_count() if start is None and end is None else None
     click.echo(f"Wrote {rows} data points to {out}" + (f" ({total} messages)" if total is not None else ""))
+
+
+def _iso_utc(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 def _parse_bound(text: str, zone: ZoneInfo, option: str, end_of_day: bool) -> datetime:

@@ -216,12 +216,21 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             allowed = _allowed_keys(location[:-1])
             close = difflib.get_close_matches(location[-1], allowed, n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            home = _section_with_key(location[-1])
+            if close:
+                hint = f" (did you mean {close[0]!r}?)"
+            elif home and home != ".".join(location[:-1]):
+                hint = f" (it belongs under {home!r})"
+            else:
+                hint = ""
             lines.append(f"  {key}: unknown key{hint}; allowed here: {', '.join(allowed)}")
             continue
         received = error.get("input")
         shown = "(secret)" if _is_secret(location) else repr(received)
-        if isinstance(received, dict) and error["type"] != "model_type":
+        if error["type"] == "value_error":
+            # Our validators put the value and the allowed values in the message already.
+            lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
+        elif isinstance(received, dict) and error["type"] != "model_type":
             lines.append(f"  {key}: {error['msg']}")
         else:
             lines.append(f"  {key}: {error['msg']}; got {shown}")
@@ -237,6 +246,14 @@ def _allowed_keys(location: list[str]) -> list[str]:
         else:
             return []
     return list(model.model_fields)
+
+
+def _section_with_key(key: str) -> str | None:
+    for name, field in Config.model_fields.items():
+        annotation = field.annotation
+        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and key in annotation.model_fields:
+            return name
+    return None
 
 
 def _is_secret(location: list[str]) -> bool:

@@ -27,6 +27,7 @@ import numpy as np
 from loglatent.errors import StateError
 
 MINUTES_PER_DAY = 1440
+STORE_FILE = "histograms.sqlite"
 SCHEMA_VERSION = 1
 
 _SCHEMA = """
@@ -134,7 +135,7 @@ class HistogramStore:
     """
 
     def __init__(self, data_dir: Path, settings: dict[str, object]) -> None:
-        self.path = data_dir / "histograms.sqlite"
+        self.path = data_dir / STORE_FILE
         try:
             data_dir.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, isolation_level=None)

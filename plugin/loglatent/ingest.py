@@ -43,6 +43,8 @@ class IngestSummary:
     days: set[str] = field(default_factory=set)
     without_timestamp: int = 0
     checkpoint: str | None = None
+    previous_checkpoint: str | None = None
+    source_exists: bool = True
     stopped_early: bool = False
     seconds: float = 0.0
 
@@ -132,6 +134,8 @@ class _IngestRun:
         on_total: Callable[[int], None] | None,
     ) -> IngestSummary:
         checkpoint = self.store.checkpoint()
+        self.summary.previous_checkpoint = checkpoint.position if checkpoint else None
+        self.summary.source_exists = self.reader.source_exists()
         templates_before = self.store.template_count()
         documents_before = checkpoint.documents if checkpoint else 0
         window = ReadWindow(

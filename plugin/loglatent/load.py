@@ -45,6 +45,30 @@ class LoadSummary:
     seconds: float = 0.0
 
 
+EXPECTED_TYPES = {
+    "@timestamp": ("date", "date_nanos"),
+    "host.name": ("keyword", "constant_keyword"),
+    "message": ("text", "match_only_text", "keyword", "wildcard"),
+}
+
+
+def mapping_conflicts(client: Elasticsearch, index: str) -> list[str]:
+    """Return a line for each field of ``index`` whose mapped type ingest cannot use as loaded here."""
+    try:
+        response = client.indices.get_field_mapping(index=index, fields=list(EXPECTED_TYPES))
+    except (ApiError, TransportError):
+        return []
+    conflicts = []
+    for index_name, mappings in response.body.items():
+        fields = mappings.get("mappings", {})
+        for field, allowed in EXPECTED_TYPES.items():
+            leaf = field.rsplit(".", 1)[-1]
+            mapped = fields.get(field, {}).get("mapping", {}).get(leaf, {}).get("type")
+            if mapped is not None and mapped not in allowed:
+                conflicts.append(f"{index_name}: {field} is mapped as {mapped}, expected {' or '.join(allowed)}")
+    return conflicts
+
+
 def ensure_log_index(client: Elasticsearch, index: str) -> bool:
     """Create ``index`` with the syslog mapping unless it exists. Returns True when it was created."""
     if any(char in index for char in "*?,"):
@@ -76,7 +100,10 @@ def load_files(
     """
     summary = LoadSummary()
     started = time.monotonic()
-    ensure_log_index(client, index)
+    if not ensure_log_index(client, index):
+        for conflict in mapping_conflicts(client, index):
+            log.warning("Index %s already exists with another mapping (%s); check that it is the index you meant",
+                        index, conflict)
 
     actions = _actions(paths, index, options, summary.parse)
     results = helpers.streaming_bulk(

@@ -184,7 +184,8 @@ def _parse_rfc3164(line: str, zone: ZoneInfo, years: _YearTracker) -> tuple[date
     match = _RFC3164.match(line)
     if match is None:
         raise _Skip("invalid RFC 3164 line")
-    _, month_name, day, year, hour, minute, second, fraction, rest = match.groups()
+    priority, month_name, day, year, hour, minute, second, fraction, rest = match.groups()
+    _check_priority(priority)
     month = MONTHS.get(month_name)
     if month is None:
         raise _Skip("invalid timestamp")
@@ -216,7 +217,8 @@ def _parse_rfc5424(line: str) -> tuple[datetime, str, str]:
     match = _RFC5424_HEAD.match(line)
     if match is None:
         raise _Skip("invalid RFC 5424 line")
-    _, _, stamp, host, app, procid, _ = match.groups()
+    priority, _, stamp, host, app, procid, _ = match.groups()
+    _check_priority(priority)
     if stamp == "-":
         raise _Skip("missing timestamp")
     try:
@@ -237,6 +239,12 @@ def _parse_rfc5424(line: str) -> tuple[datetime, str, str]:
     else:
         message = text
     return timestamp, "" if host == "-" else host, message
+
+
+def _check_priority(priority: str | None) -> None:
+    # PRI is facility * 8 + severity, with facilities 0 to 23: at most 191.
+    if priority is not None and int(priority) > 191:
+        raise _Skip("invalid priority")
 
 
 def _skip_structured_data(rest: str) -> str:

@@ -71,6 +71,16 @@ class SourceReader:
             raise self._unavailable("count documents in", exc) from None
         return int(response["count"])
 
+    def source_exists(self) -> bool:
+        """Return whether the source index pattern matches at least one index, alias or data stream."""
+        try:
+            resolved = self.client.indices.resolve_index(name=self.source.index)
+        except NotFoundError:
+            return False
+        except (ApiError, TransportError) as exc:
+            raise self._unavailable("resolve", exc) from None
+        return any(resolved.get(kind) for kind in ("indices", "aliases", "data_streams"))
+
     def count_without_timestamp(self) -> int:
         """Return how many documents lack the timestamp field. No time window can contain them."""
         query: dict[str, Any] = {"bool": {"must_not": [{"exists": {"field": self.source.timestamp_field}}]}}
