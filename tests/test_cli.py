@@ -118,3 +118,34 @@ def test_changed_timezone_is_refused(make_config, index_name: str, tmp_path: Pat
     assert result.returncode == 5
     assert "timezone" in result.stderr
     assert "Asia/Tokyo" in result.stderr
+
+
+def test_subcommand_help_needs_no_config() -> None:
+    result = subprocess.run([sys.executable, "-m", "loglatent", "ingest", "--help"], capture_output=True, text=True)
+    assert result.returncode == 0
+    assert "--from" in result.stdout
+
+
+def test_load_without_index_rejects_pattern(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("source:\n  index: 'logs-*'\n")
+    log = tmp_path / "messages"
+    log.write_text("Jan  2 03:04:05 gw1 app: x\n")
+    result = loglatent(config, "load", str(log), check=False)
+    assert result.returncode == 4
+    assert "pass --index NAME" in result.stderr
+
+
+def test_export_without_histograms_says_run_ingest(tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text("data_dir: empty\n")
+    result = loglatent(config, "export-histograms", "--out", str(tmp_path / "x.npz"), check=False)
+    assert result.returncode == 4
+    assert "run ingest first" in result.stderr
+    assert not (tmp_path / "empty" / "histograms.sqlite").exists()
+
+
+def test_pattern_matching_nothing_is_reported(make_config, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    make_config("no-such-logs-*")
+    result = loglatent(make_config.last_path, "ingest")
+    assert "matches no index, alias or data stream" in result.stdout
