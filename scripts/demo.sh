@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Run the main job on the bundled real logs: start a local Elasticsearch, load the samples,
-# build the per-event minute histograms and export them.
+# Run the main job on bundled real logs: start a local Elasticsearch, load /var/log/messages of a
+# public RedHat server (June 2005 to February 2006), build the per-event minute histograms, train
+# the CVAE ensemble and write the anomalies of every day back to Elasticsearch.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -8,19 +9,31 @@ LOGLATENT="${LOGLATENT:-.venv/bin/loglatent}"
 CONFIG=demo/config.yaml
 INDEX=loglatent-demo-syslog
 
+OUTPUT_INDEX=loglatent-demo-anomalies
+
 LOGLATENT_ES_URL="$(scripts/elasticsearch.sh start)"
 export LOGLATENT_ES_URL
 echo "Elasticsearch: $LOGLATENT_ES_URL"
 
-echo "== Loading /var/log/messages of a RedHat server, June 2005 to February 2006 (loghub)"
+# The demo owns these names: start from scratch, so every run shows the same result.
+echo "== Removing the previous demo's indices ($INDEX, $OUTPUT_INDEX) and demo/data"
+curl -fsS -X DELETE "$LOGLATENT_ES_URL/$INDEX,$OUTPUT_INDEX?ignore_unavailable=true" >/dev/null
+rm -rf demo/data demo/output
+
+echo "== Loading samples/loghub-linux/Linux.log (loghub)"
 "$LOGLATENT" --config "$CONFIG" load samples/loghub-linux/Linux.log --index "$INDEX" --year 2005
-echo "== Loading show logging buffers of 15 Cisco IOS-XR lab routers, 2017 (cisco-ie/telemetry)"
-"$LOGLATENT" --config "$CONFIG" load samples/cisco-iosxr-lab/*/*.log --index "$INDEX" --year 2017
 
 echo "== Building per-event minute histograms"
 "$LOGLATENT" --config "$CONFIG" ingest
 "$LOGLATENT" --config "$CONFIG" export-histograms --out demo/output/histograms.npz
 
+echo "== Training the CVAE ensemble (see demo/config.yaml for its size)"
+"$LOGLATENT" --config "$CONFIG" --log-level WARNING train
+
+echo "== Scoring every day"
+"$LOGLATENT" --config "$CONFIG" --log-level WARNING detect --from 2005-06-09 --to 2006-02-28 --limit 25
+
 echo
+echo "Anomaly documents: index $OUTPUT_INDEX at $LOGLATENT_ES_URL"
 echo "Histograms: demo/output/histograms.npz (numpy.load it: counts, host, template, template_id, day)"
 echo "Stop Elasticsearch with: ES_PORT=${ES_PORT:-9200} scripts/elasticsearch.sh stop"

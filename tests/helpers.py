@@ -12,6 +12,7 @@ from loglatent.load import ensure_log_index
 def index_documents(es: Elasticsearch, index: str, documents: list[dict[str, Any]]) -> None:
     ensure_log_index(es, index)
     actions = ({"_index": index, "_id": str(i), "_source": doc} for i, doc in enumerate(documents))
-    indexed, errors = helpers.bulk(es, actions, refresh="wait_for", raise_on_error=False)
+    indexed, errors = helpers.bulk(es, actions, raise_on_error=False)
+    es.indices.refresh(index=index)
     assert errors == [], errors
     assert indexed == len(documents)

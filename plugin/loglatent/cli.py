@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import logging
+import math
 import sys
 import time
 from collections.abc import Callable
@@ -225,6 +226,102 @@ def export_histograms(config: Config, out: Path, start: datetime | None, end: da
         rows = export_npz(store, out, start.date() if start else None, end.date() if end else None)
         total = store.total_count() if start is None and end is None else None
     click.echo(f"Wrote {rows} data points to {out}" + (f" ({total} messages)" if total is not None else ""))
+
+
+@cli.command()
+@click.option("--to", "last_day", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Last day of the training window (YYYY-MM-DD). Default: the last day with data.")
+@pass_config
+def train(config: Config, last_day: datetime | None) -> None:
+    """Train the CVAE ensemble on the trailing model.train_days days and make it the active model."""
+    from loglatent.jobs import train as run_train
+
+    summary = run_train(config, last_day.date().isoformat() if last_day else None)
+    click.echo(f"Trained model {summary.version} on {summary.first_day} to {summary.last_day}: "
+               f"{summary.events} events, {summary.data_points} data points ({summary.distinct_data_points} distinct), "
+               f"{len(summary.final_loss)} members in {summary.seconds:.1f} s")
+
+
+@cli.command()
+@click.option("--day", type=click.DateTime(formats=["%Y-%m-%d"]), help="Day to score (YYYY-MM-DD).")
+@click.option("--from", "first_day", type=click.DateTime(formats=["%Y-%m-%d"]), help="First day to score.")
+@click.option("--to", "last_day", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day to score, included.")
+@click.option("--limit", default=40, show_default=True,
+              help="Rows of the anomaly table to print, strongest first (-1: all, 0: none).")
+@pass_config
+def detect(config: Config, day: datetime | None, first_day: datetime | None, last_day: datetime | None, limit: int) -> None:
+    """Score days with the active model and write their anomalies to output.index.
+
+    Without options, scores the last complete day.
+    """
+    from loglatent.es import connect
+    from loglatent.jobs import detect as run_detect, last_complete_day
+
+    if day is not None and (first_day is not None or last_day is not None):
+        raise InputError("use either --day or --from/--to, not both")
+    if day is not None:
+        first = last = day.date().isoformat()
+    elif first_day is not None or last_day is not None:
+        if first_day is None or last_day is None:
+            raise InputError("--from and --to go together; for one day use --day")
+        first, last = first_day.date().isoformat(), last_day.date().isoformat()
+        if first > last:
+            raise InputError(f"--from {first} is after --to {last}")
+    else:
+        first = last = last_complete_day(config)
+    client = connect(config.elasticsearch)
+    summary = run_detect(client, config, first, last)
+    _echo_detect(config, summary, limit)
+
+
+@cli.command()
+@click.option("--once", is_flag=True, required=True,
+              help="Run ingest, train when due, and detect the last complete day once, then exit.")
+@pass_config
+def run(config: Config, once: bool) -> None:
+    """Run the worker's jobs. Only --once exists so far: run it from cron or a Kubernetes CronJob."""
+    from loglatent.es import connect
+    from loglatent.jobs import run_once
+
+    client = connect(config.elasticsearch)
+    summary = run_once(client, config)
+    click.echo(f"Ingest read {summary.ingest.documents} documents; "
+               + (f"trained model {summary.trained.version}; " if summary.trained else "model is current; ")
+               + f"scored {summary.day}")
+    if summary.detect is not None:
+        _echo_detect(config, summary.detect, 50)
+
+
+def _echo_detect(config: Config, summary: Any, limit: int) -> None:
+    write = summary.write
+    click.echo(f"Scored {len(summary.days_scored)} day(s) from {summary.first_day} to {summary.last_day} with model "
+               f"{summary.model_version}; {len(summary.documents)} anomalies "
+               f"({', '.join(f'{k}: {v}' for k, v in sorted(summary.anomalies.items())) or 'none'})")
+    if summary.days_without_history:
+        click.echo(f"No verdict for {len(summary.days_without_history)} day(s) with less than "
+                   f"{config.detection.min_cluster_days} days of history before them")
+    click.echo(f"Wrote {write.written} documents to {config.output.index}, deleted {write.deleted} stale ones")
+    if write.failed:
+        _echo_counter("Failed to write", write.failed)
+    rows = sorted((doc["_source"] for doc in summary.documents), key=_strength, reverse=True)
+    limit = len(rows) if limit < 0 else limit
+    if limit and rows:
+        click.echo()
+        click.echo("Strongest anomalies first (most votes, then the largest change of the day's count):")
+        click.echo(f"{'day':<10}  {'host':<12}  {'count':>6}  {'typical':>7}  {'votes':>5}  template")
+        for source in rows[:limit]:
+            votes = "new" if source["reason"] == "new_event" else f"{source['votes']}/{source['ensemble_size']}"
+            click.echo(f"{source['day']:<10}  {source['host'][:12]:<12}  {source['count']:>6}  "
+                       f"{source['typical_count']:>7.0f}  {votes:>5}  {source['template'][:90]}")
+        if len(rows) > limit:
+            click.echo(f"... and {len(rows) - limit} more in {config.output.index} (Kibana, or --limit -1 here)")
+    if write.failed:
+        raise LoglatentError(f"{sum(write.failed.values())} anomaly documents were not written; see the reasons above")
+
+
+def _strength(source: dict[str, Any]) -> tuple[float, float]:
+    change = abs(math.log1p(source["count"]) - math.log1p(source["typical_count"]))
+    return source["confidence"], change
 
 
 def _iso_utc(moment: datetime) -> str:

@@ -11,7 +11,7 @@ import difflib
 import os
 import re
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 from zoneinfo import ZoneInfo, ZoneInfoNotFoundError, available_timezones
 
 import yaml
@@ -129,6 +129,49 @@ class IngestConfig(_Section):
         return value
 
 
+class ModelConfig(_Section):
+    """The Conditional VAE ensemble: its sizes, its training and where it runs."""
+
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    ensemble_size: int = Field(default=10, ge=1, le=100)
+    epochs: int = Field(default=50, ge=1, le=10_000)
+    batch_size: int = Field(default=256, ge=1)
+    learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    encoder_units: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
+    latent_dim: int = Field(default=10, ge=1, le=1024)
+    dropout: float = Field(default=0.3, ge=0, lt=1)
+    likelihood: Literal["poisson", "bernoulli"] = "poisson"
+    seed: int = Field(default=0, ge=0)
+    train_days: int = Field(default=365, ge=7)
+    retrain_days: int = Field(default=7, ge=1)
+    keep_versions: int = Field(default=5, ge=1)
+
+    @field_validator("encoder_units")
+    @classmethod
+    def _positive_units(cls, units: list[int]) -> list[int]:
+        if any(unit < 1 for unit in units):
+            raise ValueError(f"expected positive layer sizes such as [512, 256, 128, 64], got {units}")
+        return units
+
+
+class DetectionConfig(_Section):
+    """Per-event DBSCAN on KL values and the ensemble vote."""
+
+    min_cluster_days: int = Field(default=7, ge=2)
+    history_days: int = Field(default=90, ge=7)
+    eps: float | None = Field(default=None, gt=0)
+    eps_mad_factor: float = Field(default=3.0, gt=0)
+    min_eps: float = Field(default=0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _history_holds_a_cluster(self) -> DetectionConfig:
+        if self.history_days < self.min_cluster_days:
+            raise ValueError(
+                f"history_days ({self.history_days}) must be at least min_cluster_days ({self.min_cluster_days})"
+            )
+        return self
+
+
 class Config(_Section):
     """The whole validated configuration. Runtime state never lives here."""
 
@@ -138,6 +181,8 @@ class Config(_Section):
     hosts: HostsConfig = Field(default_factory=HostsConfig)
     templates: TemplatesConfig = Field(default_factory=TemplatesConfig)
     ingest: IngestConfig = Field(default_factory=IngestConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    detection: DetectionConfig = Field(default_factory=DetectionConfig)
     data_dir: Path = Path("data")
 
 

@@ -103,6 +103,7 @@ class Event:
     template_id: int
     template: str
     example: str
+    first_day: str
 
 
 @dataclass(frozen=True)
@@ -193,7 +194,7 @@ class HistogramStore:
 
     def events(self) -> list[Event]:
         rows = self._db.execute(
-            "SELECT e.event_id, e.host, e.template_id, COALESCE(t.template, ''), e.example "
+            "SELECT e.event_id, e.host, e.template_id, COALESCE(t.template, ''), e.example, e.first_day "
             "FROM events e LEFT JOIN templates t USING (template_id) ORDER BY e.event_id"
         )
         return [Event(*row) for row in rows]
@@ -203,6 +204,11 @@ class HistogramStore:
 
     def template_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(*) FROM templates").fetchone()[0])
+
+    def day_range(self) -> tuple[str, str] | None:
+        """Return the first and last ISO day with any message, or None when the store is empty."""
+        row = self._db.execute("SELECT MIN(day), MAX(day) FROM minute_counts").fetchone()
+        return None if row[0] is None else (row[0], row[1])
 
     def day_count(self) -> int:
         return int(self._db.execute("SELECT COUNT(DISTINCT day) FROM minute_counts").fetchone()[0])

@@ -1,0 +1,359 @@
+"""The worker's jobs: train the ensemble, detect anomalous event-days, and one full run."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, field
+from datetime import date, datetime, time as clock_time, timedelta, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from elasticsearch import Elasticsearch
+
+from loglatent.config import Config
+from loglatent.datapoints import DataPoints, collect, shift_day
+from loglatent.detect import choose_eps, cluster_centre, last_is_noise, vote
+from loglatent.errors import StateError
+from loglatent.histograms import Event, HistogramStore
+from loglatent.ingest import IngestSummary, ingest, open_store
+from loglatent.model import Ensemble, load_ensemble, save_ensemble, score_kl, train_ensemble
+from loglatent.sink import WriteSummary, anomaly_id, install_template, replace_days
+
+log = logging.getLogger(__name__)
+
+METHOD = "cvae"
+ACTIVE_FILE = "ACTIVE"
+
+
+# Model versions on disk
+
+
+def models_dir(config: Config) -> Path:
+    return config.data_dir / "models"
+
+
+def model_versions(config: Config) -> list[str]:
+    """Return the saved model versions, oldest first."""
+    folder = models_dir(config)
+    if not folder.is_dir():
+        return []
+    return sorted(path.name for path in folder.iterdir() if path.is_dir() and not path.name.startswith("."))
+
+
+def active_version(config: Config) -> str | None:
+    marker = models_dir(config) / ACTIVE_FILE
+    if not marker.exists():
+        return None
+    return marker.read_text().strip() or None
+
+
+def activate(config: Config, version: str) -> None:
+    """Make ``version`` the model that detect uses."""
+    if version not in model_versions(config):
+        raise StateError(f"model version {version!r} not found in {models_dir(config)}; "
+                         f"saved versions: {', '.join(model_versions(config)) or 'none'}")
+    marker = models_dir(config) / ACTIVE_FILE
+    staging = marker.with_suffix(".partial")
+    staging.write_text(version + "\n")
+    os.replace(staging, marker)
+
+
+def load_active(config: Config) -> Ensemble:
+    version = active_version(config)
+    if version is None:
+        raise StateError(f"no trained model in {models_dir(config)}; run 'loglatent --config FILE train' first")
+    return load_ensemble(models_dir(config) / version)
+
+
+def _prune(config: Config, keep: int) -> None:
+    active = active_version(config)
+    versions = model_versions(config)
+    for version in versions[:-keep]:
+        if version != active:
+            shutil.rmtree(models_dir(config) / version, ignore_errors=True)
+
+
+# Training
+
+
+@dataclass
+class TrainSummary:
+    """What one training produced."""
+
+    version: str
+    first_day: str
+    last_day: str
+    events: int
+    data_points: int
+    distinct_data_points: int
+    final_loss: list[float]
+    seconds: float
+
+
+def train(config: Config, last_day: str | None = None) -> TrainSummary:
+    """Train an ensemble on the ``model.train_days`` days up to ``last_day`` and make it active.
+
+    ``last_day`` defaults to the last day with data. Every event seen up to ``last_day`` joins the
+    vocabulary, with its silent days in the window as data points.
+    """
+    started = time.monotonic()
+    with open_store(config) as store:
+        span = _require_data(store)
+        last = last_day or span[1]
+        first = max(span[0], shift_day(last, -(config.model.train_days - 1)))
+        if first > last:
+            raise StateError(f"no histograms on or before {last}; the first day with data is {span[0]}")
+        events = [event for event in store.events() if event.first_day <= last]
+        points = collect(store, events, first, last)
+
+    vocabulary = [(event.host, event.template_id) for event in events]
+    training_set = points.training_set(np.arange(len(events)))
+    ensemble = train_ensemble(training_set, vocabulary, first, last, config.model)
+    save_ensemble(ensemble, models_dir(config))
+    activate(config, ensemble.version)
+    _prune(config, config.model.keep_versions)
+
+    summary = TrainSummary(
+        version=ensemble.version,
+        first_day=first,
+        last_day=last,
+        events=len(events),
+        data_points=training_set.data_points,
+        distinct_data_points=len(training_set.counts),
+        final_loss=ensemble.metadata["final_loss"],
+        seconds=time.monotonic() - started,
+    )
+    log.info(
+        "Trained model %s on %s to %s: %d events, %d data points (%d distinct), %d members in %.1f s",
+        summary.version, first, last, summary.events, summary.data_points, summary.distinct_data_points,
+        ensemble.size, summary.seconds,
+    )
+    return summary
+
+
+def _require_data(store: HistogramStore) -> tuple[str, str]:
+    span = store.day_range()
+    if span is None:
+        raise StateError(f"no histograms in {store.path}; run 'loglatent --config FILE ingest' first")
+    return span
+
+
+# Detection
+
+
+@dataclass
+class DetectSummary:
+    """What one detection run found and wrote."""
+
+    first_day: str
+    last_day: str
+    model_version: str
+    run_id: str
+    days_scored: list[str] = field(default_factory=list)
+    days_without_history: list[str] = field(default_factory=list)
+    anomalies: Counter[str] = field(default_factory=Counter)
+    documents: list[dict[str, Any]] = field(default_factory=list)
+    write: WriteSummary = field(default_factory=WriteSummary)
+    seconds: float = 0.0
+
+
+def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str) -> DetectSummary:
+    """Score every event on each day from ``first_day`` to ``last_day`` and write the anomalies.
+
+    Each day is judged against its event's trailing ``detection.history_days`` days, scored by the
+    active model, so scoring a day again with the same model gives the same verdict. A day with
+    fewer than ``detection.min_cluster_days`` days of history gets no verdict.
+    """
+    started = time.monotonic()
+    ensemble = load_active(config)
+    summary = DetectSummary(first_day, last_day, ensemble.version, uuid.uuid4().hex)
+    history = config.detection.history_days
+
+    with open_store(config) as store:
+        span = _require_data(store)
+        history_first = max(span[0], shift_day(first_day, -(history - 1)))
+        known = ensemble.event_index()
+        events = store.events()
+        model_events = [event for event in events if (event.host, event.template_id) in known]
+        new_events = [event for event in events if (event.host, event.template_id) not in known
+                      and first_day <= event.first_day <= last_day]
+        points = collect(store, model_events, min(history_first, first_day), last_day)
+        new_points = collect(store, new_events, first_day, last_day) if new_events else None
+
+    context = _RunContext(config, ensemble, summary)
+    if model_events:
+        _judge_days(context, points, np.array([known[(e.host, e.template_id)] for e in model_events]))
+    if new_points is not None:
+        _report_new_events(context, new_points)
+
+    install_template(client, config.output.index)
+    scored_days = sorted(set(summary.days_scored) | {e.first_day for e in new_events})
+    summary.write = replace_days(client, config.output.index, summary.documents, scored_days, [METHOD])
+    summary.seconds = time.monotonic() - started
+    log.info(
+        "Detect wrote %d anomaly documents (%s) for %s to %s with model %s in %.1f s; "
+        "%d stale deleted, %d failed, %d days without enough history",
+        summary.write.written,
+        ", ".join(f"{reason}: {count}" for reason, count in sorted(summary.anomalies.items())) or "none",
+        first_day, last_day, ensemble.version, summary.seconds,
+        summary.write.deleted, sum(summary.write.failed.values()), len(summary.days_without_history),
+    )
+    return summary
+
+
+@dataclass
+class _RunContext:
+    config: Config
+    ensemble: Ensemble
+    summary: DetectSummary
+    detected_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def _judge_days(context: _RunContext, points: DataPoints, model_ids: np.ndarray) -> None:
+    config = context.config.detection
+    members = context.ensemble.members
+    row_kl = np.stack([score_kl(member, points.counts, model_ids[points.row_events], torch.device("cpu")) for member in members])
+    kl = row_kl[:, points.row_of]  # (members x events x days)
+    totals = points.day_totals()
+    min_samples = config.min_cluster_days
+
+    for position, day in enumerate(points.days):
+        if day < context.summary.first_day:
+            continue
+        start = max(0, position - config.history_days + 1)
+        if position - start + 1 < min_samples:
+            context.summary.days_without_history.append(day)
+            continue
+        windows = kl[:, :, start:position + 1].reshape(-1, position - start + 1)
+        if config.eps is not None:
+            eps = np.full(len(windows), config.eps)
+        else:
+            eps = choose_eps(windows, min_samples, config.eps_mad_factor, config.min_eps)
+        flags = last_is_noise(windows, eps, min_samples).reshape(len(members), -1).T
+        anomalous, votes = vote(flags)
+        context.summary.days_scored.append(day)
+        for event_position in (int(position) for position in np.flatnonzero(anomalous)):
+            member_windows = kl[:, event_position, start:position + 1]
+            member_eps = eps.reshape(len(members), -1)[:, event_position]
+            typical_kl = np.mean([
+                cluster_centre(member_windows[m], float(member_eps[m]), min_samples) for m in range(len(members))
+            ])
+            history_totals = totals[event_position, start:position]
+            context.summary.documents.append(_document(
+                context,
+                points.events[event_position],
+                day,
+                reason="behaviour",
+                kl=float(kl[:, event_position, position].mean()),
+                typical_kl=float(typical_kl),
+                votes=int(votes[event_position]),
+                count=int(totals[event_position, position]),
+                typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
+                hourly=points.hourly(event_position, position),
+            ))
+            context.summary.anomalies["behaviour"] += 1
+
+
+def _report_new_events(context: _RunContext, points: DataPoints) -> None:
+    totals = points.day_totals()
+    day_position = {day: position for position, day in enumerate(points.days)}
+    for event_position, event in enumerate(points.events):
+        position = day_position[event.first_day]
+        context.summary.documents.append(_document(
+            context,
+            event,
+            event.first_day,
+            reason="new_event",
+            kl=None,
+            typical_kl=None,
+            votes=context.ensemble.size,
+            count=int(totals[event_position, position]),
+            typical_count=0.0,
+            hourly=points.hourly(event_position, position),
+        ))
+        context.summary.anomalies["new_event"] += 1
+
+
+def _document(
+    context: _RunContext,
+    event: Event,
+    day: str,
+    reason: str,
+    kl: float | None,
+    typical_kl: float | None,
+    votes: int,
+    count: int,
+    typical_count: float,
+    hourly: list[int],
+) -> dict[str, Any]:
+    zone = context.config.source.zone
+    size = context.ensemble.size
+    source = {
+        "@timestamp": datetime.combine(date.fromisoformat(day), clock_time(0), tzinfo=zone).isoformat(),
+        "day": day,
+        "timezone": context.config.source.timezone,
+        "host": event.host,
+        "template_id": event.template_id,
+        "template": event.template,
+        "event": f"{event.host}/{event.template_id}",
+        "example": event.example,
+        "method": METHOD,
+        "reason": reason,
+        "kl": kl,
+        "typical_kl": typical_kl,
+        "votes": votes,
+        "ensemble_size": size,
+        "confidence": votes / size,
+        "count": count,
+        "typical_count": typical_count,
+        "hourly_counts": hourly,
+        "model_version": context.ensemble.version,
+        "run_id": context.summary.run_id,
+        "detected_at": context.detected_at,
+    }
+    return {"_id": anomaly_id(METHOD, day, event.host, event.template_id), "_source": source}
+
+
+# One full run
+
+
+@dataclass
+class RunSummary:
+    """What ``run --once`` did."""
+
+    ingest: IngestSummary
+    trained: TrainSummary | None
+    detect: DetectSummary | None
+    day: str
+
+
+def last_complete_day(config: Config, now: datetime | None = None) -> str:
+    """Return the last local day that ended before ``now`` minus ``ingest.settle_seconds``."""
+    moment = (now or datetime.now(timezone.utc)) - timedelta(seconds=config.ingest.settle_seconds)
+    return (moment.astimezone(config.source.zone).date() - timedelta(days=1)).isoformat()
+
+
+def model_is_due(config: Config, now: datetime | None = None) -> bool:
+    """Return whether there is no active model or it was trained ``model.retrain_days`` or more ago."""
+    version = active_version(config)
+    if version is None:
+        return True
+    ensemble_metadata = load_ensemble(models_dir(config) / version).metadata
+    trained_at = datetime.fromisoformat(ensemble_metadata["trained_at"])
+    return (now or datetime.now(timezone.utc)) - trained_at >= timedelta(days=config.model.retrain_days)
+
+
+def run_once(client: Elasticsearch, config: Config, now: datetime | None = None) -> RunSummary:
+    """Ingest, train when the model is due, and detect the last complete day."""
+    ingested = ingest(client, config)
+    trained = train(config) if model_is_due(config, now) else None
+    day = last_complete_day(config, now)
+    detected = detect(client, config, day, day)
+    return RunSummary(ingested, trained, detected, day)

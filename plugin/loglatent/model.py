@@ -1,0 +1,297 @@
+"""The Conditional VAE of Otomo et al. (BIG-DAMA 2018) and its ensemble.
+
+Input: a day's 1,440 minute counts, as ``log1p(count)``, and the event id as the condition. The
+one-hot condition is implemented as an embedding added to the first layer of the encoder and of
+the decoder, which is the same function as a dense layer on ``[x, one_hot(event)]`` at the cost of
+one row lookup. The decoder returns one value per minute: the log-rate of a Poisson distribution
+over the counts (``likelihood: poisson``) or the logit of a Bernoulli distribution over "any
+message in this minute" (``likelihood: bernoulli``).
+
+The score of a day is the KL divergence of q(z|x) from N(0, I), computed in closed form from the
+encoder's mean and log-variance in evaluation mode (no dropout, no sampling), so a model scores
+the same input the same way every time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import platform
+import shutil
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from loglatent.config import ModelConfig
+from loglatent.errors import StateError
+from loglatent.histograms import MINUTES_PER_DAY
+
+log = logging.getLogger(__name__)
+
+MAX_LOG_RATE = 20.0  # exp(20) is about 5e8 messages a minute: far above any real count
+
+
+class CVAE(nn.Module):
+    """Encoder and decoder conditioned on the event id.
+
+    Parameters
+    ----------
+    event_count
+        Size of the event vocabulary (the one-hot condition's length).
+    encoder_units
+        Hidden layer sizes of the encoder; the decoder mirrors them.
+    """
+
+    def __init__(
+        self,
+        event_count: int,
+        encoder_units: Sequence[int] = (512, 256, 128, 64),
+        latent_dim: int = 10,
+        dropout: float = 0.3,
+        minutes: int = MINUTES_PER_DAY,
+    ) -> None:
+        super().__init__()
+        units = list(encoder_units)
+        self.encoder_input = nn.Linear(minutes, units[0])
+        self.encoder_condition = nn.Embedding(event_count, units[0])
+        self.encoder_hidden = _stack(units, dropout)
+        self.mean = nn.Linear(units[-1], latent_dim)
+        self.log_variance = nn.Linear(units[-1], latent_dim)
+
+        decoder_units = units[::-1]
+        self.decoder_input = nn.Linear(latent_dim, decoder_units[0])
+        self.decoder_condition = nn.Embedding(event_count, decoder_units[0])
+        self.decoder_hidden = _stack(decoder_units, dropout)
+        self.output = nn.Linear(decoder_units[-1], minutes)
+        self.dropout = nn.Dropout(dropout)
+        nn.init.zeros_(self.encoder_condition.weight)
+        nn.init.zeros_(self.decoder_condition.weight)
+
+    def encode(self, inputs: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        hidden = self.dropout(torch.relu(self.encoder_input(inputs) + self.encoder_condition(events)))
+        hidden = self.encoder_hidden(hidden)
+        return self.mean(hidden), self.log_variance(hidden)
+
+    def decode(self, latent: torch.Tensor, events: torch.Tensor) -> torch.Tensor:
+        hidden = self.dropout(torch.relu(self.decoder_input(latent) + self.decoder_condition(events)))
+        hidden = self.decoder_hidden(hidden)
+        return self.output(hidden)
+
+    def forward(self, inputs: torch.Tensor, events: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        mean, log_variance = self.encode(inputs, events)
+        latent = mean + torch.randn_like(mean) * torch.exp(0.5 * log_variance)
+        return self.decode(latent, events), mean, log_variance
+
+
+def _stack(units: list[int], dropout: float) -> nn.Sequential:
+    layers: list[nn.Module] = []
+    for size_in, size_out in zip(units, units[1:]):
+        layers += [nn.Linear(size_in, size_out), nn.ReLU(), nn.Dropout(dropout)]
+    return nn.Sequential(*layers)
+
+
+def kl_divergence(mean: torch.Tensor, log_variance: torch.Tensor) -> torch.Tensor:
+    """Return KL(N(mean, exp(log_variance)) || N(0, I)) per row, in nats."""
+    return 0.5 * torch.sum(mean.pow(2) + log_variance.exp() - log_variance - 1.0, dim=-1)
+
+
+def reconstruction_loss(output: torch.Tensor, counts: torch.Tensor, likelihood: str) -> torch.Tensor:
+    """Return the negative log-likelihood of ``counts`` per row, without terms that do not depend on the model."""
+    if likelihood == "poisson":
+        log_rate = output.clamp(max=MAX_LOG_RATE)
+        return torch.sum(log_rate.exp() - counts * log_rate, dim=-1)
+    presence = (counts > 0).to(output.dtype)
+    return nn.functional.binary_cross_entropy_with_logits(output, presence, reduction="none").sum(dim=-1)
+
+
+def model_inputs(counts: np.ndarray | torch.Tensor) -> torch.Tensor:
+    """Return the encoder input for minute counts: ``log1p(counts)`` as float32."""
+    tensor = torch.as_tensor(counts, dtype=torch.float32)
+    return torch.log1p(tensor)
+
+
+@dataclass(frozen=True)
+class TrainingSet:
+    """Distinct data points and how often each occurs.
+
+    ``counts`` is (rows x 1,440), ``events`` the event index of each row, ``weights`` the number of
+    event-days that have exactly this row. An event's silent days are one row with a large weight.
+    """
+
+    counts: np.ndarray
+    events: np.ndarray
+    weights: np.ndarray
+
+    @property
+    def data_points(self) -> int:
+        return int(self.weights.sum())
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cuda" and not torch.cuda.is_available():
+        raise StateError("model.device is 'cuda' but PyTorch finds no CUDA device; use 'auto' or 'cpu'")
+    return torch.device(name)
+
+
+def train_member(
+    data: TrainingSet, event_count: int, settings: ModelConfig, seed: int, device: torch.device
+) -> tuple[CVAE, list[float]]:
+    """Train one ensemble member and return it with its mean loss per epoch (nats per data point).
+
+    An epoch is ``data_points / batch_size`` steps, as if every event-day were a row of its own.
+    Each step draws ``batch_size`` event-days with replacement, in proportion to the weights, and
+    computes each distinct row of the draw once, weighted by how often it was drawn. The expected
+    gradient equals that of a batch of separate rows, at the cost of the distinct rows only.
+
+    Every random choice (initial weights, batches, the sampled latent) comes from ``seed``, drawn
+    inside a forked random state so callers' generators are untouched.
+    """
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        torch.manual_seed(seed)
+        model = CVAE(event_count, settings.encoder_units, settings.latent_dim, settings.dropout).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+        counts = torch.as_tensor(data.counts, dtype=torch.float32, device=device)
+        inputs = model_inputs(counts)
+        events = torch.as_tensor(data.events, dtype=torch.long, device=device)
+        draw_generator = torch.Generator().manual_seed(seed)
+        probabilities = torch.as_tensor(data.weights, dtype=torch.float64)
+        steps = max(1, -(-data.data_points // settings.batch_size))
+
+        losses: list[float] = []
+        model.train()
+        for _ in range(settings.epochs):
+            total = 0.0
+            for _ in range(steps):
+                draw = torch.multinomial(probabilities, settings.batch_size, replacement=True, generator=draw_generator)
+                batch, drawn = torch.unique(draw, return_counts=True)
+                batch, drawn = batch.to(device), drawn.to(device=device, dtype=torch.float32)
+                output, mean, log_variance = model(inputs[batch], events[batch])
+                per_row = reconstruction_loss(output, counts[batch], settings.likelihood) + kl_divergence(mean, log_variance)
+                loss = torch.sum(per_row * drawn) / settings.batch_size
+                optimiser.zero_grad(set_to_none=True)
+                loss.backward()
+                optimiser.step()
+                total += float(loss.detach())
+            losses.append(total / steps)
+    model.eval()
+    return model, losses
+
+
+@torch.no_grad()
+def score_kl(model: CVAE, counts: np.ndarray, events: np.ndarray, device: torch.device, batch_size: int = 8192) -> np.ndarray:
+    """Return the KL divergence of each row, in nats, with the model in evaluation mode."""
+    model.eval()
+    results = []
+    for start in range(0, len(counts), batch_size):
+        inputs = model_inputs(counts[start:start + batch_size]).to(device)
+        batch_events = torch.as_tensor(events[start:start + batch_size], dtype=torch.long, device=device)
+        mean, log_variance = model.encode(inputs, batch_events)
+        results.append(kl_divergence(mean, log_variance).double().cpu().numpy())
+    return np.concatenate(results) if results else np.zeros(0)
+
+
+@dataclass
+class Ensemble:
+    """Trained members with the metadata that says what they were trained on.
+
+    ``vocabulary`` lists (host, template id) per event index; ``train_first_day`` and
+    ``train_last_day`` bound the training window (ISO days, inclusive).
+    """
+
+    version: str
+    members: list[CVAE]
+    vocabulary: list[tuple[str, int]]
+    train_first_day: str
+    train_last_day: str
+    metadata: dict[str, Any]
+
+    def event_index(self) -> dict[tuple[str, int], int]:
+        return {event: index for index, event in enumerate(self.vocabulary)}
+
+    @property
+    def size(self) -> int:
+        return len(self.members)
+
+
+def train_ensemble(
+    data: TrainingSet,
+    vocabulary: list[tuple[str, int]],
+    first_day: str,
+    last_day: str,
+    settings: ModelConfig,
+) -> Ensemble:
+    """Train ``settings.ensemble_size`` members, member i with seed ``settings.seed + i``."""
+    device = resolve_device(settings.device)
+    torch.set_num_threads(max(1, os.cpu_count() or 1))
+    members: list[CVAE] = []
+    losses: list[list[float]] = []
+    started = time.monotonic()
+    for member in range(settings.ensemble_size):
+        model, member_losses = train_member(data, len(vocabulary), settings, settings.seed + member, device)
+        members.append(model.cpu())
+        losses.append(member_losses)
+        log.debug("Trained member %d: final loss %.2f", member, member_losses[-1])
+    seconds = time.monotonic() - started
+    version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
+    metadata = {
+        "version": version,
+        "trained_at": datetime.now(timezone.utc).isoformat(),
+        "train_first_day": first_day,
+        "train_last_day": last_day,
+        "data_points": data.data_points,
+        "distinct_data_points": len(data.counts),
+        "events": len(vocabulary),
+        "seeds": [settings.seed + member for member in range(settings.ensemble_size)],
+        "final_loss": [member_losses[-1] for member_losses in losses],
+        "loss_per_epoch": losses,
+        "training_seconds": round(seconds, 2),
+        "device": str(device),
+        "model": settings.model_dump(),
+        "libraries": {"torch": torch.__version__, "numpy": np.__version__, "python": platform.python_version()},
+    }
+    return Ensemble(version, [m.to("cpu") for m in members], vocabulary, first_day, last_day, metadata)
+
+
+def save_ensemble(ensemble: Ensemble, models_dir: Path) -> Path:
+    """Write the ensemble to ``models_dir/VERSION`` atomically and return that folder."""
+    models_dir.mkdir(parents=True, exist_ok=True)
+    target = models_dir / ensemble.version
+    staging = models_dir / f".{ensemble.version}.partial"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    for index, member in enumerate(ensemble.members):
+        torch.save(member.state_dict(), staging / f"member-{index:02d}.pt")
+    metadata = dict(ensemble.metadata, vocabulary=[list(event) for event in ensemble.vocabulary])
+    (staging / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    staging.rename(target)
+    return target
+
+
+def load_ensemble(folder: Path) -> Ensemble:
+    """Read an ensemble written by ``save_ensemble``."""
+    try:
+        metadata = json.loads((folder / "metadata.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise StateError(f"cannot read the model in {folder}: {exc}; train a new one with 'loglatent train'") from None
+    settings = ModelConfig.model_validate(metadata["model"])
+    vocabulary = [(str(host), int(template_id)) for host, template_id in metadata["vocabulary"]]
+    members = []
+    for index in range(len(metadata["seeds"])):
+        model = CVAE(len(vocabulary), settings.encoder_units, settings.latent_dim, settings.dropout)
+        state = torch.load(folder / f"member-{index:02d}.pt", map_location="cpu", weights_only=True)
+        model.load_state_dict(state)
+        model.eval()
+        members.append(model)
+    return Ensemble(
+        metadata["version"], members, vocabulary, metadata["train_first_day"], metadata["train_last_day"], metadata
+    )

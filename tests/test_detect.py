@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+from sklearn.cluster import DBSCAN
+
+from loglatent.detect import choose_eps, cluster_centre, k_distances, last_is_noise, noise_mask, vote
+
+
+def test_k_distances_by_hand() -> None:
+    values = np.array([[0.0, 1.0, 3.0, 6.0]])
+    # Second-nearest other value: 0 -> 3 (to 3), 1 -> 2 (to 3), 3 -> 3 (to 0 or 6), 6 -> 5 (to 1).
+    assert k_distances(values, 2).tolist() == [[3.0, 2.0, 3.0, 5.0]]
+
+
+def test_repeated_days_and_one_change() -> None:
+    values = np.array([[2.0] * 20 + [2.5]])
+    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
+    assert eps.tolist() == [0.05]
+    assert noise_mask(values, eps, 7).tolist() == [[False] * 20 + [True]]
+
+
+def test_varying_days_use_fence() -> None:
+    # 30 days spread evenly 0.1 apart, then one day far away.
+    values = np.array([[*(1.0 + 0.1 * np.arange(30)), 9.0]])
+    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
+    # k-distances of the evenly spaced days are 0.3 to 0.6; the fence lies above them, below 9 - 3.9.
+    assert 0.3 <= eps[0] < 5.1
+    noise = noise_mask(values, eps, 7)[0]
+    assert noise.tolist() == [False] * 30 + [True]
+
+
+def test_rare_varying_days_are_noise() -> None:
+    # Fewer than min_samples days differ from the repeated value: each is its own anomaly.
+    values = np.array([[0.0] * 80 + [0.7, 1.3, 2.0]])
+    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
+    assert eps.tolist() == [0.05]
+    assert noise_mask(values, eps, 7)[0, -3:].tolist() == [True, True, True]
+
+
+def test_noise_matches_sklearn() -> None:
+    rng = np.random.default_rng(5)
+    for trial in range(200):
+        size = int(rng.integers(8, 90))
+        values = np.round(rng.normal(0, 1, size) * rng.choice([0.01, 1, 10]), 2)
+        values[: size // 3] = values[0]
+        eps = float(rng.uniform(0.01, 2))
+        ours = noise_mask(values[None, :], np.array([eps]), 7)[0]
+        reference = DBSCAN(eps=eps, min_samples=7).fit(values[:, None]).labels_ == -1
+        assert ours.tolist() == reference.tolist(), trial
+        assert last_is_noise(values[None, :], np.array([eps]), 7)[0] == reference[-1]
+
+
+def test_cluster_centre_is_largest_cluster() -> None:
+    values = np.array([1.0] * 10 + [5.0] * 8 + [20.0])
+    assert cluster_centre(values, eps=0.5, min_samples=7) == pytest.approx(1.0)
+
+
+def test_vote_needs_more_than_half() -> None:
+    flags = np.array(
+        [
+            [True, True, False, False],  # 2 of 4: a tie is not a majority
+            [True, True, True, False],
+            [False, False, False, False],
+            [True, True, True, True],
+        ]
+    )
+    anomalous, votes = vote(flags)
+    assert votes.tolist() == [2, 3, 0, 4]
+    assert anomalous.tolist() == [False, True, False, True]
