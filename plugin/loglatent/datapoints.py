@@ -2,7 +2,7 @@
 
 A window of E events and D days has E x D data points, but most are silent days or repeat another
 day exactly (a cron job that logs at the same minutes every day). They are stored once:
-``rows`` holds the distinct (event, counts) pairs and ``row_of[e, d]`` points at the row of event
+``counts`` contains the distinct (event, counts) pairs and ``row_of[e, d]`` points at the row of event
 e's day d. Training weighs each distinct row by how often it occurs, and scoring computes each
 distinct row's KL value once.
 """

@@ -1,8 +1,8 @@
 """Per-event DBSCAN on KL values, the rule that picks ``eps``, and the ensemble vote.
 
-KL values are one-dimensional, so DBSCAN reduces to sorting and counting: a point is a core point
-when at least ``min_samples`` values (itself included) lie within ``eps`` of it, and a point is
-noise when it is not a core point and no core point lies within ``eps``. This gives the same noise
+KL values are one-dimensional, so DBSCAN reduces to sorting and counting. A point is a core point
+when at least ``min_samples`` values (itself included) lie within ``eps`` of it. A point is noise
+when it is not a core point and no core point lies within ``eps``. This gives the same noise
 labels as ``sklearn.cluster.DBSCAN`` on the same values, for a whole batch of windows at once.
 
 The ``eps`` rule

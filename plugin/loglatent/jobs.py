@@ -85,7 +85,7 @@ def _prune(config: Config, keep: int) -> None:
 
 @dataclass
 class TrainSummary:
-    """What one training produced."""
+    """Outcome of one training: the version, its window and its size."""
 
     version: str
     first_day: str
@@ -150,7 +150,7 @@ def _require_data(store: HistogramStore) -> tuple[str, str]:
 
 @dataclass
 class DetectSummary:
-    """What one detection run found and wrote."""
+    """Outcome of one detection run: days scored, anomalies found and the write."""
 
     first_day: str
     last_day: str
@@ -326,7 +326,7 @@ def _document(
 
 @dataclass
 class RunSummary:
-    """What ``run --once`` did."""
+    """Outcome of ``run --once``: the ingest, the training if one was due, and the detection."""
 
     ingest: IngestSummary
     trained: TrainSummary | None

@@ -202,7 +202,7 @@ def score_kl(model: CVAE, counts: np.ndarray, events: np.ndarray, device: torch.
 
 @dataclass
 class Ensemble:
-    """Trained members with the metadata that says what they were trained on.
+    """Trained members with the metadata of their training.
 
     ``vocabulary`` lists (host, template id) per event index; ``train_first_day`` and
     ``train_last_day`` bound the training window (ISO days, inclusive).

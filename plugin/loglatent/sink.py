@@ -3,7 +3,7 @@
 Each document is one event's one day for one method, with the id
 ``sha1(method | day | host | template_id)``: a rerun overwrites its earlier verdict instead of
 adding another. Documents of the rerun days that the new run no longer flags are deleted, so the
-index always holds the latest verdict of each day.
+index always contains the latest verdict of each day.
 """
 
 from __future__ import annotations
