@@ -186,3 +186,20 @@ def test_bad_documents_are_counted_not_fatal(es: Elasticsearch, index_name: str,
     with open_store(config) as store:
         assert store.total_count() == 3
         assert store.skipped() == summary.skipped
+
+
+def test_first_message_of_each_day_kept(es: Elasticsearch, index_name: str, make_config) -> None:  # type: ignore[no-untyped-def]
+    documents = [
+        {"@timestamp": "2024-03-01T08:00:00Z", "host": {"name": "r1"}, "message": "sshd[1]: Accepted key for alice"},
+        {"@timestamp": "2024-03-01T09:00:00Z", "host": {"name": "r1"}, "message": "sshd[2]: Accepted key for bob"},
+        {"@timestamp": "2024-03-02T07:00:00Z", "host": {"name": "r1"}, "message": "sshd[3]: Accepted key for carol"},
+    ]
+    index_documents(es, index_name, documents)
+    config = make_config(index_name, page_size=1, commit_every=1)
+    ingest(es, config)
+    with open_store(config) as store:
+        (event,) = store.events()
+        assert event.example == "sshd[1]: Accepted key for alice"
+        assert store.day_example(event.event_id, "2024-03-01") == "sshd[1]: Accepted key for alice"
+        assert store.day_example(event.event_id, "2024-03-02") == "sshd[3]: Accepted key for carol"
+        assert store.day_example(event.event_id, "2024-03-03") is None

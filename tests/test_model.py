@@ -56,7 +56,7 @@ def small_set() -> TrainingSet:
     return TrainingSet(counts, events, weights)
 
 
-SMALL = ModelConfig(epochs=2, ensemble_size=2, encoder_units=[32, 16], latent_dim=3, device="cpu")
+SMALL = ModelConfig(epochs=2, min_steps=1, ensemble_size=2, encoder_units=[32, 16], latent_dim=3, device="cpu")
 
 
 def test_scores_repeat_exactly() -> None:
@@ -93,3 +93,19 @@ def test_ensemble_round_trip(tmp_path: Path) -> None:
         before = score_kl(original, data.counts, data.events, torch.device("cpu"))
         after = score_kl(restored, data.counts, data.events, torch.device("cpu"))
         assert np.array_equal(before, after)
+
+
+def test_small_data_runs_min_steps() -> None:
+    data = small_set()  # 69 data points: one step an epoch
+    settings = SMALL.model_copy(update={"epochs": 2, "min_steps": 5})
+    _, losses = train_member(data, 4, settings, seed=0, device=torch.device("cpu"))
+    assert len(losses) == 5
+
+
+def test_collapsed_model_is_reported(caplog: pytest.LogCaptureFixture) -> None:
+    data = small_set()
+    untrained = SMALL.model_copy(update={"epochs": 1, "min_steps": 1, "ensemble_size": 1, "learning_rate": 1e-9})
+    with caplog.at_level("WARNING", logger="loglatent.model"):
+        ensemble = train_ensemble(data, [("r1", 1), ("r1", 2), ("r2", 1), ("r2", 7)], "2024-01-01", "2024-02-09", untrained)
+    assert ensemble.metadata["kl_range"][0] < 0.1
+    assert "raise model.epochs or model.min_steps" in caplog.text

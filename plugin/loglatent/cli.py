@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fnmatch
 import functools
 import logging
 import math
@@ -133,6 +134,9 @@ def load(
     from loglatent.load import load_files
     from loglatent.logfiles import ParseOptions
 
+    if index is not None and not any(fnmatch.fnmatchcase(index, pattern) for pattern in config.source.index.split(",")):
+        click.echo(f"Note: source.index {config.source.index!r} does not match {index!r}, so ingest will not "
+                   "read these documents.", err=True)
     if index is None:
         if any(char in config.source.index for char in "*?,"):
             raise InputError(f"source.index {config.source.index!r} is a pattern; pass --index NAME to choose "
@@ -177,6 +181,8 @@ def ingest(config: Config, start: str | None, end: str | None, max_documents: in
     zone = config.source.zone
     start_time = _parse_bound(start, zone, "--from", end_of_day=False) if start else None
     end_time = _parse_bound(end, zone, "--to", end_of_day=True) if end else None
+    if start_time and end_time and start_time >= end_time:
+        raise InputError(f"--from {start} is not before --to {end}")
     client = connect(config.elasticsearch)
     progress = _Progress("Ingesting")
     try:
@@ -225,7 +231,7 @@ def export_histograms(config: Config, out: Path, start: datetime | None, end: da
     with open_store(config) as store:
         rows = export_npz(store, out, start.date() if start else None, end.date() if end else None)
         total = store.total_count() if start is None and end is None else None
-    click.echo(f"Wrote {rows} data points to {out}" + (f" ({total} messages)" if total is not None else ""))
+    click.echo(f"Wrote {rows} event-days with messages to {out}" + (f" ({total} messages)" if total is not None else ""))
 
 
 @cli.command()
@@ -247,7 +253,7 @@ def train(config: Config, last_day: datetime | None) -> None:
 @click.option("--from", "first_day", type=click.DateTime(formats=["%Y-%m-%d"]), help="First day to score.")
 @click.option("--to", "last_day", type=click.DateTime(formats=["%Y-%m-%d"]), help="Last day to score, included.")
 @click.option("--limit", default=40, show_default=True,
-              help="Rows of the anomaly table to print, strongest first (-1: all, 0: none).")
+              help="Rows of the anomaly table to print, strongest first (0: none, a negative number: all).")
 @pass_config
 def detect(config: Config, day: datetime | None, first_day: datetime | None, last_day: datetime | None, limit: int) -> None:
     """Score days with the active model and write their anomalies to output.index.
@@ -269,6 +275,8 @@ def detect(config: Config, day: datetime | None, first_day: datetime | None, las
             raise InputError(f"--from {first} is after --to {last}")
     else:
         first = last = last_complete_day(config)
+    if last > last_complete_day(config):
+        click.echo(f"Note: {last} is not over yet in {config.source.timezone}; its verdict may change once it is.")
     client = connect(config.elasticsearch)
     summary = run_detect(client, config, first, last)
     _echo_detect(config, summary, limit)
@@ -297,6 +305,9 @@ def _echo_detect(config: Config, summary: Any, limit: int) -> None:
     click.echo(f"Scored {len(summary.days_scored)} day(s) from {summary.first_day} to {summary.last_day} with model "
                f"{summary.model_version}; {len(summary.documents)} anomalies "
                f"({', '.join(f'{k}: {v}' for k, v in sorted(summary.anomalies.items())) or 'none'})")
+    if summary.last_day_with_data and summary.last_day > summary.last_day_with_data:
+        click.echo(f"Note: no messages were ingested after {summary.last_day_with_data}; later days were scored as "
+                   "silent. Run ingest first if logs did arrive.")
     if summary.days_without_history:
         click.echo(f"No verdict for {len(summary.days_without_history)} day(s) with less than "
                    f"{config.detection.min_cluster_days} days of history before them")

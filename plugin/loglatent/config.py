@@ -135,6 +135,7 @@ class ModelConfig(_Section):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     ensemble_size: int = Field(default=10, ge=1, le=100)
     epochs: int = Field(default=50, ge=1, le=10_000)
+    min_steps: int = Field(default=1000, ge=1)
     batch_size: int = Field(default=256, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     encoder_units: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)

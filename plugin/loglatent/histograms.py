@@ -56,6 +56,12 @@ CREATE TABLE IF NOT EXISTS minute_counts (
     count INTEGER NOT NULL,
     PRIMARY KEY (event_id, day, minute)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS day_examples (
+    event_id INTEGER NOT NULL,
+    day TEXT NOT NULL,
+    example TEXT NOT NULL,
+    PRIMARY KEY (event_id, day)
+) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS miner_state (id INTEGER PRIMARY KEY CHECK (id = 1), state BLOB NOT NULL);
 CREATE TABLE IF NOT EXISTS checkpoint (
     id INTEGER PRIMARY KEY CHECK (id = 1),
@@ -119,6 +125,7 @@ class PendingChanges:
     """Work done since the last commit, written in one transaction by ``HistogramStore.commit``."""
 
     counts: Counter[tuple[int, str, int]]
+    day_examples: dict[tuple[int, str], str]
     new_events: list[tuple[int, str, int, str, str]]
     changed_templates: dict[int, str]
     new_masked: dict[str, int]
@@ -199,6 +206,13 @@ class HistogramStore:
         )
         return [Event(*row) for row in rows]
 
+    def day_example(self, event_id: int, day: str) -> str | None:
+        """Return the first message of ``event_id`` on ``day``, or None when the day has none."""
+        row = self._db.execute(
+            "SELECT example FROM day_examples WHERE event_id = ? AND day = ?", (event_id, day)
+        ).fetchone()
+        return None if row is None else str(row[0])
+
     def skipped(self) -> Counter[str]:
         return Counter(dict(self._db.execute("SELECT reason, count FROM skipped")))
 
@@ -250,6 +264,10 @@ class HistogramStore:
                     ((eid, day, minute, n) for (eid, day, minute), n in changes.counts.items()),
                 )
                 self._db.executemany("INSERT INTO events VALUES (?, ?, ?, ?, ?)", changes.new_events)
+                self._db.executemany(
+                    "INSERT OR IGNORE INTO day_examples VALUES (?, ?, ?)",
+                    ((eid, day, text) for (eid, day), text in changes.day_examples.items()),
+                )
                 self._db.executemany(
                     "INSERT INTO templates VALUES (?, ?, ?) "
                     "ON CONFLICT (template_id) DO UPDATE SET template = excluded.template, updated_at = excluded.updated_at",

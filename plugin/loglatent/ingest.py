@@ -121,6 +121,7 @@ class _IngestRun:
 
     def _reset_pending(self) -> None:
         self.counts: Counter[tuple[int, str, int]] = Counter()
+        self.day_examples: dict[tuple[int, str], str] = {}
         self.new_events: list[tuple[int, str, int, str, str]] = []
         self.skipped: Counter[str] = Counter()
         self.pending_documents = 0
@@ -191,6 +192,8 @@ class _IngestRun:
             if event_id is None:
                 event_id = self._new_event(host_key, template_id, text, day)
             self.counts[(event_id, day, minute)] += 1
+            if (event_id, day) not in self.day_examples:
+                self.day_examples[(event_id, day)] = truncate_example(text)
             self.summary.days.add(day)
         self.summary.documents += len(batch)
         self.pending_documents += len(batch)
@@ -215,6 +218,7 @@ class _IngestRun:
         self.store.commit(
             PendingChanges(
                 counts=self.counts,
+                day_examples=self.day_examples,
                 new_events=self.new_events,
                 changed_templates=self.miner.take_changed(),
                 new_masked=self.miner.take_new_masked(),

@@ -100,13 +100,13 @@ class TrainSummary:
 def train(config: Config, last_day: str | None = None) -> TrainSummary:
     """Train an ensemble on the ``model.train_days`` days up to ``last_day`` and make it active.
 
-    ``last_day`` defaults to the last day with data. Every event seen up to ``last_day`` joins the
-    vocabulary, with its silent days in the window as data points.
+    ``last_day`` defaults to, and is capped at, the last day with data. Every event seen up to
+    ``last_day`` joins the vocabulary, with its silent days in the window as data points.
     """
     started = time.monotonic()
     with open_store(config) as store:
         span = _require_data(store)
-        last = last_day or span[1]
+        last = min(last_day, span[1]) if last_day else span[1]
         first = max(span[0], shift_day(last, -(config.model.train_days - 1)))
         if first > last:
             raise StateError(f"no histograms on or before {last}; the first day with data is {span[0]}")
@@ -158,6 +158,7 @@ class DetectSummary:
     run_id: str
     days_scored: list[str] = field(default_factory=list)
     days_without_history: list[str] = field(default_factory=list)
+    last_day_with_data: str = ""
     anomalies: Counter[str] = field(default_factory=Counter)
     documents: list[dict[str, Any]] = field(default_factory=list)
     write: WriteSummary = field(default_factory=WriteSummary)
@@ -178,6 +179,11 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
 
     with open_store(config) as store:
         span = _require_data(store)
+        summary.last_day_with_data = span[1]
+        if last_day > span[1]:
+            log.warning(
+                "No messages were ingested after %s, so the days up to %s are scored as silent days; "
+                "if logs did arrive, run ingest first or check source.index", span[1], last_day)
         history_first = max(span[0], shift_day(first_day, -(history - 1)))
         known = ensemble.event_index()
         events = store.events()
@@ -192,6 +198,9 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
         _judge_days(context, points, np.array([known[(e.host, e.template_id)] for e in model_events]))
     if new_points is not None:
         _report_new_events(context, new_points)
+
+    with open_store(config) as store:
+        _use_day_examples(store, summary.documents)
 
     install_template(client, config.output.index)
     scored_days = sorted(set(summary.days_scored) | {e.first_day for e in new_events})
@@ -214,6 +223,14 @@ class _RunContext:
     ensemble: Ensemble
     summary: DetectSummary
     detected_at: str = field(default_factory=lambda: datetime.now(timezone.utc).isoformat())
+
+
+def _use_day_examples(store: HistogramStore, documents: list[dict[str, Any]]) -> None:
+    """Replace each document's example with the event's first message of that day, where stored."""
+    for document in documents:
+        example = store.day_example(document["event_id"], document["_source"]["day"])
+        if example is not None:
+            document["_source"]["example"] = example
 
 
 def _judge_days(context: _RunContext, points: DataPoints, model_ids: np.ndarray) -> None:
@@ -273,7 +290,7 @@ def _report_new_events(context: _RunContext, points: DataPoints) -> None:
             reason="new_event",
             kl=None,
             typical_kl=None,
-            votes=context.ensemble.size,
+            votes=None,
             count=int(totals[event_position, position]),
             typical_count=0.0,
             hourly=points.hourly(event_position, position),
@@ -288,7 +305,7 @@ def _document(
     reason: str,
     kl: float | None,
     typical_kl: float | None,
-    votes: int,
+    votes: int | None,
     count: int,
     typical_count: float,
     hourly: list[int],
@@ -310,7 +327,8 @@ def _document(
         "typical_kl": typical_kl,
         "votes": votes,
         "ensemble_size": size,
-        "confidence": votes / size,
+        # A new event is certain to be new; no vote took place.
+        "confidence": 1.0 if votes is None else votes / size,
         "count": count,
         "typical_count": typical_count,
         "hourly_counts": hourly,
@@ -318,7 +336,7 @@ def _document(
         "run_id": context.summary.run_id,
         "detected_at": context.detected_at,
     }
-    return {"_id": anomaly_id(METHOD, day, event.host, event.template_id), "_source": source}
+    return {"_id": anomaly_id(METHOD, day, event.host, event.template_id), "_source": source, "event_id": event.event_id}
 
 
 # One full run
@@ -353,7 +371,7 @@ def model_is_due(config: Config, now: datetime | None = None) -> bool:
 def run_once(client: Elasticsearch, config: Config, now: datetime | None = None) -> RunSummary:
     """Ingest, train when the model is due, and detect the last complete day."""
     ingested = ingest(client, config)
-    trained = train(config) if model_is_due(config, now) else None
     day = last_complete_day(config, now)
+    trained = train(config, last_day=day) if model_is_due(config, now) else None
     detected = detect(client, config, day, day)
     return RunSummary(ingested, trained, detected, day)

@@ -36,6 +36,9 @@ from loglatent.histograms import MINUTES_PER_DAY
 
 log = logging.getLogger(__name__)
 
+# When the KL values of all distinct training rows lie within this many nats of each other, the
+# encoder has collapsed to the prior: its scores cannot tell days apart.
+COLLAPSED_KL_RANGE = 0.1
 MAX_LOG_RATE = 20.0  # exp(20) is about 5e8 messages a minute: far above any real count
 
 
@@ -149,6 +152,9 @@ def train_member(
     """Train one ensemble member and return it with its mean loss per epoch (nats per data point).
 
     An epoch is ``data_points / batch_size`` steps, as if every event-day were a row of its own.
+    When ``epochs`` such epochs make fewer than ``min_steps`` steps (a small data set), training
+    runs more epochs until it reaches ``min_steps``: fifty steps leave the encoder untrained, and
+    every day then gets about the same KL value.
     Each step draws ``batch_size`` event-days with replacement, in proportion to the weights, and
     computes each distinct row of the draw once, weighted by how often it was drawn. The expected
     gradient equals that of a batch of separate rows, at the cost of the distinct rows only.
@@ -166,10 +172,11 @@ def train_member(
         draw_generator = torch.Generator().manual_seed(seed)
         probabilities = torch.as_tensor(data.weights, dtype=torch.float64)
         steps = max(1, -(-data.data_points // settings.batch_size))
+        epochs = max(settings.epochs, -(-settings.min_steps // steps))
 
         losses: list[float] = []
         model.train()
-        for _ in range(settings.epochs):
+        for _ in range(epochs):
             total = 0.0
             for _ in range(steps):
                 draw = torch.multinomial(probabilities, settings.batch_size, replacement=True, generator=draw_generator)
@@ -242,6 +249,11 @@ def train_ensemble(
         losses.append(member_losses)
         log.debug("Trained member %d: final loss %.2f", member, member_losses[-1])
     seconds = time.monotonic() - started
+    kl_ranges = [float(np.ptp(score_kl(m, data.counts, data.events, torch.device("cpu")))) for m in members]
+    if max(kl_ranges) < COLLAPSED_KL_RANGE:
+        log.warning(
+            "The trained model scores every training day within %.3f nats of the others, so detection will "
+            "find little; raise model.epochs or model.min_steps", max(kl_ranges))
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     metadata = {
         "version": version,
@@ -253,6 +265,7 @@ def train_ensemble(
         "events": len(vocabulary),
         "seeds": [settings.seed + member for member in range(settings.ensemble_size)],
         "final_loss": [member_losses[-1] for member_losses in losses],
+        "kl_range": kl_ranges,
         "loss_per_epoch": losses,
         "training_seconds": round(seconds, 2),
         "device": str(device),
