@@ -157,3 +157,30 @@ def test_cli_detect_twice_writes_same_documents(es: Elasticsearch, index_name: s
         assert wake.host in second.stdout
     finally:
         es.indices.delete(index=output, ignore_unavailable=True)
+
+
+def test_pca_method_writes_its_own_documents(es: Elasticsearch, index_name: str, make_config, corpus) -> None:  # type: ignore[no-untyped-def]
+    index_documents(es, index_name, corpus.documents)
+    output = f"{index_name}-anomalies"
+    detection = "detection:\n  methods: [cvae, pca]\n"
+    config = make_config(index_name, extra=MODEL + detection + f"output:\n  index: {output}\n")
+    ingest(es, config)
+    train(config)
+    try:
+        first = detect(es, config, corpus.first_day, corpus.last_day)
+        stored = anomaly_documents(es, output)
+        pca = [doc for doc in stored.values() if doc["method"] == "pca"]
+        cvae = [doc for doc in stored.values() if doc["method"] == "cvae"]
+        assert pca and cvae
+        for doc in pca:
+            assert doc["ensemble_size"] == 1
+            assert doc["kl"] is None
+            assert doc["score"] > 0
+        assert all(doc["kl"] == doc["score"] for doc in cvae)
+        assert first.write.written == len(stored)
+
+        again = detect(es, config, corpus.first_day, corpus.last_day)
+        assert set(anomaly_documents(es, output)) == set(stored)
+        assert again.write.deleted == 0
+    finally:
+        es.indices.delete(index=output, ignore_unavailable=True)

@@ -319,10 +319,10 @@ def _echo_detect(config: Config, summary: Any, limit: int) -> None:
     if limit and rows:
         click.echo()
         click.echo("Strongest anomalies first (most votes, then the largest change of the day's count):")
-        click.echo(f"{'day':<10}  {'host':<12}  {'count':>6}  {'typical':>7}  {'votes':>5}  template")
+        click.echo(f"{'day':<10}  {'host':<12}  {'method':<6}  {'count':>6}  {'typical':>7}  {'votes':>5}  template")
         for source in rows[:limit]:
             votes = "new" if source["reason"] == "new_event" else f"{source['votes']}/{source['ensemble_size']}"
-            click.echo(f"{source['day']:<10}  {source['host'][:12]:<12}  {source['count']:>6}  "
+            click.echo(f"{source['day']:<10}  {source['host'][:12]:<12}  {source['method']:<6}  {source['count']:>6}  "
                        f"{source['typical_count']:>7.0f}  {votes:>5}  {source['template'][:90]}")
         if len(rows) > limit:
             click.echo(f"... and {len(rows) - limit} more in {config.output.index} (Kibana, or --limit -1 here)")

@@ -155,6 +155,9 @@ class ModelConfig(_Section):
         return units
 
 
+Method = Literal["cvae", "pca"]
+
+
 class DetectionConfig(_Section):
     """Per-event DBSCAN on KL values and the ensemble vote."""
 
@@ -163,6 +166,15 @@ class DetectionConfig(_Section):
     eps: float | None = Field(default=None, gt=0)
     eps_mad_factor: float = Field(default=3.0, gt=0)
     min_eps: float = Field(default=0.05, gt=0)
+    methods: list[Method] = Field(default_factory=lambda: list[Method](["cvae"]), min_length=1)
+    pca_coverage: float = Field(default=0.9, gt=0, le=1)
+
+    @field_validator("methods")
+    @classmethod
+    def _distinct_methods(cls, methods: list[str]) -> list[str]:
+        if len(set(methods)) != len(methods):
+            raise ValueError(f"each method may appear once, got {methods}")
+        return methods
 
     @model_validator(mode="after")
     def _history_holds_a_cluster(self) -> DetectionConfig:

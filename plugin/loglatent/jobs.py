@@ -24,11 +24,11 @@ from loglatent.errors import StateError
 from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
 from loglatent.model import Ensemble, load_ensemble, save_ensemble, score_kl, train_ensemble
+from loglatent.pca import fit_pca, from_arrays, reconstruction_error, to_arrays
 from loglatent.sink import WriteSummary, anomaly_id, install_template, replace_days
 
 log = logging.getLogger(__name__)
 
-METHOD = "cvae"
 ACTIVE_FILE = "ACTIVE"
 
 
@@ -116,6 +116,8 @@ def train(config: Config, last_day: str | None = None) -> TrainSummary:
     vocabulary = [(event.host, event.template_id) for event in events]
     training_set = points.training_set(np.arange(len(events)))
     ensemble = train_ensemble(training_set, vocabulary, first, last, config.model)
+    if "pca" in config.detection.methods:
+        ensemble.extras.update(to_arrays(fit_pca(training_set.counts, training_set.weights, config.detection.pca_coverage)))
     save_ensemble(ensemble, models_dir(config))
     activate(config, ensemble.version)
     _prune(config, config.model.keep_versions)
@@ -195,16 +197,20 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
 
     context = _RunContext(config, ensemble, summary)
     if model_events:
-        _judge_days(context, points, np.array([known[(e.host, e.template_id)] for e in model_events]))
+        model_ids = np.array([known[(e.host, e.template_id)] for e in model_events])
+        for method in config.detection.methods:
+            _judge_days(context, points, _scores(ensemble, method, points, model_ids), method)
     if new_points is not None:
-        _report_new_events(context, new_points)
+        _report_new_events(context, new_points, config.detection.methods[0])
 
     with open_store(config) as store:
         _use_day_examples(store, summary.documents)
 
     install_template(client, config.output.index)
     scored_days = sorted(set(summary.days_scored) | {e.first_day for e in new_events})
-    summary.write = replace_days(client, config.output.index, summary.documents, scored_days, [METHOD])
+    summary.write = replace_days(
+        client, config.output.index, summary.documents, scored_days, list(config.detection.methods)
+    )
     summary.seconds = time.monotonic() - started
     log.info(
         "Detect wrote %d anomaly documents (%s) for %s to %s with model %s in %.1f s; "
@@ -233,11 +239,26 @@ def _use_day_examples(store: HistogramStore, documents: list[dict[str, Any]]) ->
             document["_source"]["example"] = example
 
 
-def _judge_days(context: _RunContext, points: DataPoints, model_ids: np.ndarray) -> None:
+def _scores(ensemble: Ensemble, method: str, points: DataPoints, model_ids: np.ndarray) -> np.ndarray:
+    """Return the (members x events x days) scores of ``method``: one member for PCA."""
+    if method == "pca":
+        pca = from_arrays(ensemble.extras)
+        if pca is None:
+            raise StateError(f"model {ensemble.version} has no PCA fit; run 'loglatent train' with 'pca' in "
+                             "detection.methods")
+        return reconstruction_error(pca, points.counts)[None, :][:, points.row_of]
+    rows = [score_kl(member, points.counts, model_ids[points.row_events], torch.device("cpu"))
+            for member in ensemble.members]
+    return np.stack(rows)[:, points.row_of]
+
+
+def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method: str) -> None:
+    """Flag the event-days that a majority of ``kl``'s members leave as DBSCAN noise.
+
+    ``kl`` is (members x events x days): KL values for the CVAE, reconstruction errors for PCA.
+    """
     config = context.config.detection
-    members = context.ensemble.members
-    row_kl = np.stack([score_kl(member, points.counts, model_ids[points.row_events], torch.device("cpu")) for member in members])
-    kl = row_kl[:, points.row_of]  # (members x events x days)
+    member_count = kl.shape[0]
     totals = points.day_totals()
     min_samples = config.min_cluster_days
 
@@ -253,32 +274,35 @@ def _judge_days(context: _RunContext, points: DataPoints, model_ids: np.ndarray)
             eps = np.full(len(windows), config.eps)
         else:
             eps = choose_eps(windows, min_samples, config.eps_mad_factor, config.min_eps)
-        flags = last_is_noise(windows, eps, min_samples).reshape(len(members), -1).T
+        flags = last_is_noise(windows, eps, min_samples).reshape(member_count, -1).T
         anomalous, votes = vote(flags)
-        context.summary.days_scored.append(day)
+        if day not in context.summary.days_scored:
+            context.summary.days_scored.append(day)
         for event_position in (int(position) for position in np.flatnonzero(anomalous)):
             member_windows = kl[:, event_position, start:position + 1]
-            member_eps = eps.reshape(len(members), -1)[:, event_position]
+            member_eps = eps.reshape(member_count, -1)[:, event_position]
             typical_kl = np.mean([
-                cluster_centre(member_windows[m], float(member_eps[m]), min_samples) for m in range(len(members))
+                cluster_centre(member_windows[m], float(member_eps[m]), min_samples) for m in range(member_count)
             ])
             history_totals = totals[event_position, start:position]
             context.summary.documents.append(_document(
                 context,
                 points.events[event_position],
                 day,
+                method=method,
                 reason="behaviour",
-                kl=float(kl[:, event_position, position].mean()),
-                typical_kl=float(typical_kl),
+                score=float(kl[:, event_position, position].mean()),
+                typical_score=float(typical_kl),
                 votes=int(votes[event_position]),
+                members=member_count,
                 count=int(totals[event_position, position]),
                 typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
                 hourly=points.hourly(event_position, position),
             ))
-            context.summary.anomalies["behaviour"] += 1
+            context.summary.anomalies[f"{method} behaviour"] += 1
 
 
-def _report_new_events(context: _RunContext, points: DataPoints) -> None:
+def _report_new_events(context: _RunContext, points: DataPoints, method: str) -> None:
     totals = points.day_totals()
     day_position = {day: position for position, day in enumerate(points.days)}
     for event_position, event in enumerate(points.events):
@@ -287,10 +311,12 @@ def _report_new_events(context: _RunContext, points: DataPoints) -> None:
             context,
             event,
             event.first_day,
+            method=method,
             reason="new_event",
-            kl=None,
-            typical_kl=None,
+            score=None,
+            typical_score=None,
             votes=None,
+            members=context.ensemble.size if method == "cvae" else 1,
             count=int(totals[event_position, position]),
             typical_count=0.0,
             hourly=points.hourly(event_position, position),
@@ -302,16 +328,18 @@ def _document(
     context: _RunContext,
     event: Event,
     day: str,
+    method: str,
     reason: str,
-    kl: float | None,
-    typical_kl: float | None,
+    score: float | None,
+    typical_score: float | None,
     votes: int | None,
+    members: int,
     count: int,
     typical_count: float,
     hourly: list[int],
 ) -> dict[str, Any]:
     zone = context.config.source.zone
-    size = context.ensemble.size
+    is_kl = method == "cvae"
     source = {
         "@timestamp": datetime.combine(date.fromisoformat(day), clock_time(0), tzinfo=zone).isoformat(),
         "day": day,
@@ -321,14 +349,16 @@ def _document(
         "template": event.template,
         "event": f"{event.host}/{event.template_id}",
         "example": event.example,
-        "method": METHOD,
+        "method": method,
         "reason": reason,
-        "kl": kl,
-        "typical_kl": typical_kl,
+        "kl": score if is_kl else None,
+        "typical_kl": typical_score if is_kl else None,
+        "score": score,
+        "typical_score": typical_score,
         "votes": votes,
-        "ensemble_size": size,
+        "ensemble_size": members,
         # A new event is certain to be new; no vote took place.
-        "confidence": 1.0 if votes is None else votes / size,
+        "confidence": 1.0 if votes is None else votes / members,
         "count": count,
         "typical_count": typical_count,
         "hourly_counts": hourly,
@@ -336,7 +366,7 @@ def _document(
         "run_id": context.summary.run_id,
         "detected_at": context.detected_at,
     }
-    return {"_id": anomaly_id(METHOD, day, event.host, event.template_id), "_source": source, "event_id": event.event_id}
+    return {"_id": anomaly_id(method, day, event.host, event.template_id), "_source": source, "event_id": event.event_id}
 
 
 # One full run

@@ -21,7 +21,7 @@ import platform
 import shutil
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -221,6 +221,7 @@ class Ensemble:
     train_first_day: str
     train_last_day: str
     metadata: dict[str, Any]
+    extras: dict[str, np.ndarray] = field(default_factory=dict)
 
     def event_index(self) -> dict[tuple[str, int], int]:
         return {event: index for index, event in enumerate(self.vocabulary)}
@@ -286,6 +287,8 @@ def save_ensemble(ensemble: Ensemble, models_dir: Path) -> Path:
         torch.save(member.state_dict(), staging / f"member-{index:02d}.pt")
     metadata = dict(ensemble.metadata, vocabulary=[list(event) for event in ensemble.vocabulary])
     (staging / "metadata.json").write_text(json.dumps(metadata, indent=1))
+    if ensemble.extras:
+        np.savez(staging / "extras.npz", **ensemble.extras)  # type: ignore[arg-type]
     staging.rename(target)
     return target
 
@@ -305,6 +308,11 @@ def load_ensemble(folder: Path) -> Ensemble:
         model.load_state_dict(state)
         model.eval()
         members.append(model)
+    extras: dict[str, np.ndarray] = {}
+    if (folder / "extras.npz").exists():
+        with np.load(folder / "extras.npz") as stored:
+            extras = {name: stored[name] for name in stored.files}
     return Ensemble(
-        metadata["version"], members, vocabulary, metadata["train_first_day"], metadata["train_last_day"], metadata
+        metadata["version"], members, vocabulary, metadata["train_first_day"], metadata["train_last_day"], metadata,
+        extras,
     )

@@ -54,3 +54,23 @@ def reconstruction_error(model: PCAModel, counts: np.ndarray) -> np.ndarray:
     centred = model_inputs(counts).numpy().astype(np.float64) - model.mean_
     projected = centred @ model.components_.T @ model.components_
     return np.sum((centred - projected) ** 2, axis=1)
+
+
+def to_arrays(model: PCAModel) -> dict[str, np.ndarray]:
+    """Return ``model`` as named arrays, for saving beside the CVAE members."""
+    return {
+        "pca_mean": model.mean_,
+        "pca_components": model.components_,
+        "pca_explained_variance_ratio": model.explained_variance_ratio_,
+        "pca_coverage": np.array([model.coverage]),
+    }
+
+
+def from_arrays(arrays: dict[str, np.ndarray]) -> PCAModel | None:
+    """Return the model saved by ``to_arrays``, or None when ``arrays`` has none."""
+    if "pca_components" not in arrays:
+        return None
+    return PCAModel(
+        arrays["pca_mean"], arrays["pca_components"], arrays["pca_explained_variance_ratio"],
+        float(arrays["pca_coverage"][0]),
+    )

@@ -40,6 +40,8 @@ ANOMALY_MAPPING: dict[str, Any] = {
         "reason": {"type": "keyword"},
         "kl": {"type": "double"},
         "typical_kl": {"type": "double"},
+        "score": {"type": "double"},
+        "typical_score": {"type": "double"},
         "votes": {"type": "integer"},
         "ensemble_size": {"type": "integer"},
         "confidence": {"type": "float"},
