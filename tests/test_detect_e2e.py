@@ -184,3 +184,22 @@ def test_pca_method_writes_its_own_documents(es: Elasticsearch, index_name: str,
         assert again.write.deleted == 0
     finally:
         es.indices.delete(index=output, ignore_unavailable=True)
+
+
+def test_burst_method_flags_burst_day(es: Elasticsearch, index_name: str, make_config, corpus) -> None:  # type: ignore[no-untyped-def]
+    index_documents(es, index_name, corpus.documents)
+    output = f"{index_name}-anomalies"
+    detection = "detection:\n  methods: [burst]\n"
+    config = make_config(index_name, extra=MODEL + detection + f"output:\n  index: {output}\n")
+    ingest(es, config)
+    train(config)
+    try:
+        summary = detect(es, config, corpus.first_day, corpus.last_day)
+        found = {(d["_source"]["host"], kind_of(d["_source"]["template"]), d["_source"]["day"]) for d in summary.documents}
+        burst = corpus.anomalies[0]
+        assert (burst.host, burst.kind, burst.day) in found
+        assert all(d["_source"]["method"] == "burst" for d in summary.documents)
+        assert all(d["_source"]["count"] > 0 for d in summary.documents)
+        assert summary.write.written == len(summary.documents)
+    finally:
+        es.indices.delete(index=output, ignore_unavailable=True)

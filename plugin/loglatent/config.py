@@ -155,7 +155,7 @@ class ModelConfig(_Section):
         return units
 
 
-Method = Literal["cvae", "pca"]
+Method = Literal["cvae", "pca", "burst"]
 
 
 class DetectionConfig(_Section):

@@ -18,6 +18,7 @@ import torch
 from elasticsearch import Elasticsearch
 
 from loglatent.config import Config
+from loglatent.burst import bursty_days
 from loglatent.datapoints import DataPoints, collect, shift_day
 from loglatent.detect import choose_eps, cluster_centre, last_is_noise, vote
 from loglatent.errors import StateError
@@ -199,7 +200,10 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
     if model_events:
         model_ids = np.array([known[(e.host, e.template_id)] for e in model_events])
         for method in config.detection.methods:
-            _judge_days(context, points, _scores(ensemble, method, points, model_ids), method)
+            if method == "burst":
+                _judge_bursts(context, points)
+            else:
+                _judge_days(context, points, _scores(ensemble, method, points, model_ids), method)
     if new_points is not None:
         _report_new_events(context, new_points, config.detection.methods[0])
 
@@ -300,6 +304,43 @@ def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method
                 hourly=points.hourly(event_position, position),
             ))
             context.summary.anomalies[f"{method} behaviour"] += 1
+
+
+def _judge_bursts(context: _RunContext, points: DataPoints) -> None:
+    """Flag the event-days that Kleinberg's automaton puts in a burst state (level 1 or more).
+
+    The automaton runs once per event over all days read for this run, the history before the
+    first scored day included. Unlike the CVAE's verdict, a day's burst state can change when
+    the run covers other days around it.
+    """
+    totals = points.day_totals()
+    targets = [position for position, day in enumerate(points.days) if day >= context.summary.first_day]
+    for position in targets:
+        if points.days[position] not in context.summary.days_scored:
+            context.summary.days_scored.append(points.days[position])
+    for event_position, event in enumerate(points.events):
+        minute_counts = points.counts[points.row_of[event_position]]
+        flags = bursty_days(minute_counts)
+        for position in targets:
+            if not flags[position] or totals[event_position, position] == 0:
+                continue
+            start = max(0, position - context.config.detection.history_days + 1)
+            history_totals = totals[event_position, start:position]
+            context.summary.documents.append(_document(
+                context,
+                event,
+                points.days[position],
+                method="burst",
+                reason="burst",
+                score=None,
+                typical_score=None,
+                votes=1,
+                members=1,
+                count=int(totals[event_position, position]),
+                typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
+                hourly=points.hourly(event_position, position),
+            ))
+            context.summary.anomalies["burst"] += 1
 
 
 def _report_new_events(context: _RunContext, points: DataPoints, method: str) -> None:
