@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Run the main job on bundled real logs: start a local Elasticsearch, load /var/log/messages of a
-# public RedHat server (June 2005 to February 2006), build the per-event minute histograms, train
-# the CVAE ensemble and write the anomalies of every day back to Elasticsearch.
+# Run the main job on bundled real logs: /var/log/messages of a public RedHat server, June 2005 to
+# February 2006. The script starts a local Elasticsearch, loads the file, builds the per-event
+# minute histograms, trains the CVAE ensemble and writes the anomalies of every day back.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

@@ -192,7 +192,7 @@ start() {
         sleep 1
     done
     tail -n 30 "$RUN_DIR/logs/"*.log >&2 2>/dev/null || true
-    die "Elasticsearch $version on port $ES_PORT did not answer within 120 s; logs in $RUN_DIR/logs"
+    die "Elasticsearch $version on port $ES_PORT did not respond within 120 s; logs in $RUN_DIR/logs"
 }
 
 stop() {

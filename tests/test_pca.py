@@ -18,13 +18,13 @@ def test_weighted_fit_equals_repeated_rows() -> None:
     model = fit_pca(rows, weights, coverage=0.8)
     reference = PCA().fit(np.log1p(np.repeat(rows, weights, axis=0)))
 
-    kept = len(model.components_)
+    component_count = len(model.components_)
     assert np.allclose(model.mean_, reference.mean_)
-    assert np.allclose(model.explained_variance_ratio_, reference.explained_variance_ratio_[:kept])
-    assert np.cumsum(reference.explained_variance_ratio_)[kept - 1] >= 0.8
-    assert kept == 1 or np.cumsum(reference.explained_variance_ratio_)[kept - 2] < 0.8
+    assert np.allclose(model.explained_variance_ratio_, reference.explained_variance_ratio_[:component_count])
+    assert np.cumsum(reference.explained_variance_ratio_)[component_count - 1] >= 0.8
+    assert component_count == 1 or np.cumsum(reference.explained_variance_ratio_)[component_count - 2] < 0.8
     # Components agree up to sign.
-    for ours, theirs in zip(model.components_, reference.components_[:kept]):
+    for ours, theirs in zip(model.components_, reference.components_[:component_count]):
         assert abs(abs(float(ours @ theirs)) - 1) < 1e-6
 
 

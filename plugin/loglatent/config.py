@@ -35,7 +35,7 @@ class _Section(BaseModel):
 
 
 class ElasticsearchConfig(_Section):
-    """Connection to the Elasticsearch cluster that holds the syslog and receives the anomalies."""
+    """Connection to the Elasticsearch cluster that stores the syslog and receives the anomalies."""
 
     hosts: list[str] = Field(default_factory=lambda: ["http://127.0.0.1:9200"], min_length=1)
     api_key: SecretStr | None = None
@@ -65,7 +65,7 @@ class ElasticsearchConfig(_Section):
 
 
 class SourceConfig(_Section):
-    """Where the syslog documents are and which fields carry the timestamp, host and message."""
+    """Source of the syslog documents: index pattern, timestamp, host and message fields, timezone."""
 
     index: str = "logs-*"
     timestamp_field: str = "@timestamp"
@@ -93,13 +93,13 @@ class SourceConfig(_Section):
 
 
 class OutputConfig(_Section):
-    """Where anomaly documents are written."""
+    """Destination index of the anomaly documents."""
 
     index: str = "loglatent-anomalies"
 
 
 class HostsConfig(_Section):
-    """How host names from different sources are folded into one device."""
+    """Rules that fold host names from different sources into one device."""
 
     strip_domain: bool = True
 
@@ -114,7 +114,7 @@ class TemplatesConfig(_Section):
 
 
 class IngestConfig(_Section):
-    """How the worker reads syslog documents and commits its progress."""
+    """Paging, commit interval and late-arrival margin of the ingest."""
 
     page_size: int = Field(default=5000, ge=1, le=10000)
     commit_every: int = Field(default=50000, ge=1)
@@ -284,14 +284,14 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
             lines.append(f"  {key}: unknown key{hint}; allowed here: {', '.join(allowed)}")
             continue
         received = error.get("input")
-        shown = "(secret)" if _is_secret(location) else repr(received)
+        received_text = "(secret)" if _is_secret(location) else repr(received)
         if error["type"] == "value_error":
             # Our validators put the value and the allowed values in the message already.
             lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
         elif isinstance(received, dict) and error["type"] != "model_type":
             lines.append(f"  {key}: {error['msg']}")
         else:
-            lines.append(f"  {key}: {error['msg']}; got {shown}")
+            lines.append(f"  {key}: {error['msg']}; got {received_text}")
     return "\n".join(lines)
 
 

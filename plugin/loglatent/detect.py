@@ -10,7 +10,7 @@ The ``eps`` rule
 For each window of KL values, take every point's distance to its ``min_samples - 1``-th nearest
 neighbour (the k-distance that decides whether it is a core point). Days that repeat exactly
 (silent days, a cron job that logs at the same minutes every day) have the same KL value and a
-k-distance of zero; they are a cluster at any ``eps``. The rule looks at the other days:
+k-distance of zero, so they are a cluster at any ``eps``. The rule looks at the other days:
 
 - When at least ``min_samples`` days have a positive k-distance, those days vary from day to day
   as a matter of course, and ``eps`` is the robust upper fence of their k-distances,

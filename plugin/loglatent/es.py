@@ -15,7 +15,7 @@ SUPPORTED_MAJOR_VERSIONS = (8, 9)
 
 
 def connect(settings: ElasticsearchConfig, check_version: bool = True) -> Elasticsearch:
-    """Create a client for ``settings`` and, unless told otherwise, check the server version.
+    """Create a client for ``settings`` and, when ``check_version`` is true, check the server version.
 
     The Python client is the 8.x line, which talks to 8.x servers natively and to 9.x servers
     through their REST compatibility with 8.x.
@@ -57,7 +57,7 @@ def server_version(client: Elasticsearch, hosts: list[str]) -> str:
         ) from None
     except ApiError as exc:
         raise ElasticsearchUnavailable(
-            f"Elasticsearch at {where} answered {exc.meta.status} to a node info request: {_short(exc)}"
+            f"Elasticsearch at {where} returned {exc.meta.status} to a node info request: {_short(exc)}"
         ) from None
     except TransportError as exc:
         raise ElasticsearchUnavailable(

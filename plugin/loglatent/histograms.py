@@ -224,13 +224,6 @@ class HistogramStore:
         row = self._db.execute("SELECT MIN(day), MAX(day) FROM minute_counts").fetchone()
         return None if row[0] is None else (row[0], row[1])
 
-    def day_count(self) -> int:
-        return int(self._db.execute("SELECT COUNT(DISTINCT day) FROM minute_counts").fetchone()[0])
-
-    def data_point_count(self) -> int:
-        row = self._db.execute("SELECT COUNT(*) FROM (SELECT 1 FROM minute_counts GROUP BY event_id, day)").fetchone()
-        return int(row[0])
-
     def total_count(self) -> int:
         return int(self._db.execute("SELECT COALESCE(SUM(count), 0) FROM minute_counts").fetchone()[0])
 

@@ -24,7 +24,7 @@ from loglatent.detect import choose_eps, cluster_centre, last_is_noise, vote
 from loglatent.errors import StateError
 from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
-from loglatent.model import Ensemble, load_ensemble, save_ensemble, score_kl, train_ensemble
+from loglatent.model import Ensemble, load_ensemble, load_metadata, save_ensemble, score_kl, train_ensemble
 from loglatent.pca import fit_pca, from_arrays, reconstruction_error, to_arrays
 from loglatent.sink import WriteSummary, anomaly_id, install_template, replace_days
 
@@ -256,13 +256,13 @@ def _scores(ensemble: Ensemble, method: str, points: DataPoints, model_ids: np.n
     return np.stack(rows)[:, points.row_of]
 
 
-def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method: str) -> None:
-    """Flag the event-days that a majority of ``kl``'s members leave as DBSCAN noise.
+def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, method: str) -> None:
+    """Flag the event-days that a majority of the members leave as DBSCAN noise.
 
-    ``kl`` is (members x events x days): KL values for the CVAE, reconstruction errors for PCA.
+    ``scores`` is (members x events x days): KL values for the CVAE, reconstruction errors for PCA.
     """
     config = context.config.detection
-    member_count = kl.shape[0]
+    member_count = scores.shape[0]
     totals = points.day_totals()
     min_samples = config.min_cluster_days
 
@@ -273,7 +273,7 @@ def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method
         if position - start + 1 < min_samples:
             context.summary.days_without_history.append(day)
             continue
-        windows = kl[:, :, start:position + 1].reshape(-1, position - start + 1)
+        windows = scores[:, :, start:position + 1].reshape(-1, position - start + 1)
         if config.eps is not None:
             eps = np.full(len(windows), config.eps)
         else:
@@ -283,9 +283,9 @@ def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method
         if day not in context.summary.days_scored:
             context.summary.days_scored.append(day)
         for event_position in (int(position) for position in np.flatnonzero(anomalous)):
-            member_windows = kl[:, event_position, start:position + 1]
+            member_windows = scores[:, event_position, start:position + 1]
             member_eps = eps.reshape(member_count, -1)[:, event_position]
-            typical_kl = np.mean([
+            typical_score = np.mean([
                 cluster_centre(member_windows[m], float(member_eps[m]), min_samples) for m in range(member_count)
             ])
             history_totals = totals[event_position, start:position]
@@ -295,8 +295,8 @@ def _judge_days(context: _RunContext, points: DataPoints, kl: np.ndarray, method
                 day,
                 method=method,
                 reason="behaviour",
-                score=float(kl[:, event_position, position].mean()),
-                typical_score=float(typical_kl),
+                score=float(scores[:, event_position, position].mean()),
+                typical_score=float(typical_score),
                 votes=int(votes[event_position]),
                 members=member_count,
                 count=int(totals[event_position, position]),
@@ -434,8 +434,7 @@ def model_is_due(config: Config, now: datetime | None = None) -> bool:
     version = active_version(config)
     if version is None:
         return True
-    ensemble_metadata = load_ensemble(models_dir(config) / version).metadata
-    trained_at = datetime.fromisoformat(ensemble_metadata["trained_at"])
+    trained_at = datetime.fromisoformat(load_metadata(models_dir(config) / version)["trained_at"])
     return (now or datetime.now(timezone.utc)) - trained_at >= timedelta(days=config.model.retrain_days)
 
 

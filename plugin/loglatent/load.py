@@ -37,7 +37,7 @@ SOURCE_MAPPING: dict[str, Any] = {
 
 @dataclass
 class LoadSummary:
-    """What one ``load`` did: parse counts, documents indexed, failures by reason."""
+    """Outcome of one ``load``: parse counts, documents indexed, failures by reason."""
 
     parse: ParseStats = field(default_factory=ParseStats)
     indexed: int = 0

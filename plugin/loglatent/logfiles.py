@@ -335,7 +335,7 @@ class _YearTracker:
     ) -> None:
         """Set the first line's year from the months of all undated lines and the reference time.
 
-        ``positions`` holds (month, day, hour, minute, second) of each undated line in file order.
+        ``positions`` contains (month, day, hour, minute, second) of each undated line in file order.
         """
         if not positions:
             self.year = reference.year

@@ -241,6 +241,7 @@ def train_ensemble(
     """Train ``settings.ensemble_size`` members, member i with seed ``settings.seed + i``."""
     device = resolve_device(settings.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+
     members: list[CVAE] = []
     losses: list[list[float]] = []
     started = time.monotonic()
@@ -250,11 +251,13 @@ def train_ensemble(
         losses.append(member_losses)
         log.debug("Trained member %d: final loss %.2f", member, member_losses[-1])
     seconds = time.monotonic() - started
+
     kl_ranges = [float(np.ptp(score_kl(m, data.counts, data.events, torch.device("cpu")))) for m in members]
     if max(kl_ranges) < COLLAPSED_KL_RANGE:
         log.warning(
             "The trained model scores every training day within %.3f nats of the others, so detection will "
             "find little; raise model.epochs or model.min_steps", max(kl_ranges))
+
     version = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%S%fZ")
     metadata = {
         "version": version,
@@ -293,12 +296,17 @@ def save_ensemble(ensemble: Ensemble, models_dir: Path) -> Path:
     return target
 
 
-def load_ensemble(folder: Path) -> Ensemble:
-    """Read an ensemble written by ``save_ensemble``."""
+def load_metadata(folder: Path) -> dict[str, Any]:
+    """Read the metadata of the ensemble in ``folder`` without loading its members."""
     try:
-        metadata = json.loads((folder / "metadata.json").read_text())
+        return dict(json.loads((folder / "metadata.json").read_text()))
     except (OSError, ValueError) as exc:
         raise StateError(f"cannot read the model in {folder}: {exc}; train a new one with 'loglatent train'") from None
+
+
+def load_ensemble(folder: Path) -> Ensemble:
+    """Read an ensemble written by ``save_ensemble``."""
+    metadata = load_metadata(folder)
     settings = ModelConfig.model_validate(metadata["model"])
     vocabulary = [(str(host), int(template_id)) for host, template_id in metadata["vocabulary"]]
     members = []

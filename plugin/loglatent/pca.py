@@ -44,9 +44,9 @@ def fit_pca(counts: np.ndarray, weights: np.ndarray | None = None, coverage: flo
     variances, vectors = np.clip(variances[order], 0, None), vectors[:, order]
     ratio = variances / variances.sum() if variances.sum() > 0 else np.zeros_like(variances)
     # The smallest number of leading components whose share of the variance reaches coverage.
-    kept = int(np.searchsorted(np.cumsum(ratio), coverage - 1e-12) + 1)
-    kept = min(max(kept, 1), len(ratio))
-    return PCAModel(mean, vectors[:, :kept].T.copy(), ratio[:kept], coverage)
+    component_count = int(np.searchsorted(np.cumsum(ratio), coverage - 1e-12) + 1)
+    component_count = min(max(component_count, 1), len(ratio))
+    return PCAModel(mean, vectors[:, :component_count].T.copy(), ratio[:component_count], coverage)
 
 
 def reconstruction_error(model: PCAModel, counts: np.ndarray) -> np.ndarray:

@@ -4,8 +4,9 @@ Each host runs the same kinds of event. An hourly cron job and a five-minute NTP
 periodic, sshd logins arrive as a Poisson process during working hours, a kernel message comes a
 few times a week, and a disk alarm stays silent. The injected anomalies are the cases a detector for daily
 rhythms must find: a burst in the quiet event, the hourly job stopping for half a day, the
-silent event waking up, and a flood in which the NTP check logs 30 lines at each of its usual
-minutes for six hours (the minutes with a message stay the same, only the counts change).
+silent event waking up, and a flood. In the flood the NTP check logs 30 lines at each of its
+usual minutes for six hours, so the minutes with a message stay the same and only the counts
+change.
 """
 
 from __future__ import annotations
