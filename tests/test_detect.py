@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN
 
-from loglatent.detect import choose_eps, cluster_centre, k_distances, last_is_noise, noise_mask, vote
+from loglatent.detect import choose_eps, cluster_centre, k_distances, last_is_noise, noise_mask, trailing_noise, vote
 
 
 def test_k_distances_by_hand() -> None:
@@ -66,3 +66,21 @@ def test_vote_needs_more_than_half() -> None:
     anomalous, votes = vote(flags)
     assert votes.tolist() == [2, 3, 0, 4]
     assert anomalous.tolist() == [False, True, False, True]
+
+
+def test_trailing_noise_matches_sklearn_windows() -> None:
+    rng = np.random.default_rng(11)
+    scores = np.round(rng.normal(0, 1, (6, 40)) * rng.choice([0.1, 1.0], size=(6, 1)), 2)
+    scores[:, 25] += 8.0
+    positions = np.arange(40)
+    noise, eps = trailing_noise(scores, positions, min_samples=5, history_days=20,
+                                choose=lambda windows, distances: np.full(len(windows), 0.4))
+    assert not noise[:4].any()
+    assert np.isnan(eps[:4]).all()
+    for position in range(4, 40):
+        start = max(0, position - 19)
+        for row in range(6):
+            window = scores[row, start:position + 1]
+            labels = DBSCAN(eps=0.4, min_samples=5).fit(window[:, None]).labels_
+            assert noise[position, row] == (labels[-1] == -1), (position, row)
+    assert noise[25].all()

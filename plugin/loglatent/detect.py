@@ -26,6 +26,8 @@ told apart.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import numpy as np
 
 MAD_TO_STD = 1.4826  # scales the median absolute deviation to the standard deviation of a normal distribution
@@ -56,9 +58,15 @@ def k_distances(windows: np.ndarray, k: int) -> np.ndarray:
     return result
 
 
-def choose_eps(windows: np.ndarray, min_samples: int, mad_factor: float, min_eps: float) -> np.ndarray:
-    """Return one ``eps`` per row by the rule described in the module notes."""
-    distances = k_distances(windows, min_samples - 1)
+def choose_eps(
+    windows: np.ndarray, min_samples: int, mad_factor: float, min_eps: float, distances: np.ndarray | None = None
+) -> np.ndarray:
+    """Return one ``eps`` per row by the rule described in the module notes.
+
+    ``distances`` are the windows' ``k_distances`` for ``min_samples - 1``, when already computed.
+    """
+    if distances is None:
+        distances = k_distances(windows, min_samples - 1)
     varying = distances > 0
     eps = np.full(len(windows), float(min_eps))
     rows = np.flatnonzero(varying.sum(axis=1) >= min_samples)
@@ -104,6 +112,39 @@ def cluster_centre(values: np.ndarray, eps: float, min_samples: int) -> float:
     clusters = np.split(core_values, breaks)
     largest = max(clusters, key=len)
     return float(largest.mean())
+
+
+def trailing_noise(
+    scores: np.ndarray,
+    positions: np.ndarray,
+    min_samples: int,
+    history_days: int,
+    choose: Callable[[np.ndarray, np.ndarray], np.ndarray],
+) -> tuple[np.ndarray, np.ndarray]:
+    """Judge each day in ``positions`` against its trailing window of ``history_days`` days.
+
+    ``scores`` is (rows x days), one row per member and event. For each position p with at least
+    ``min_samples`` days of history (p itself included), the window is days
+    ``max(0, p - history_days + 1)`` to p, ``choose(windows, k_distances)`` returns one eps per
+    row, and the result says whether day p is DBSCAN noise in its window. Returns
+    ``(noise, eps)``, both (len(positions) x rows); positions without enough history are never
+    noise and have eps NaN.
+    """
+    noise = np.zeros((len(positions), scores.shape[0]), dtype=bool)
+    eps_used = np.full((len(positions), scores.shape[0]), np.nan)
+    for index, position in enumerate(int(p) for p in positions):
+        start = max(0, position - history_days + 1)
+        if position - start + 1 < min_samples:
+            continue
+        windows = scores[:, start:position + 1]
+        distances = k_distances(windows, min_samples - 1)
+        eps = choose(windows, distances)
+        # A value is a core point when its (min_samples - 1)-th nearest other value lies within eps.
+        core = distances <= eps[:, None]
+        near_core = ((np.abs(windows - windows[:, -1:]) <= eps[:, None]) & core).any(axis=1)
+        noise[index] = ~near_core
+        eps_used[index] = eps
+    return noise, eps_used
 
 
 def vote(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

@@ -8,6 +8,7 @@ import shutil
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 from pathlib import Path
@@ -17,10 +18,10 @@ import numpy as np
 import torch
 from elasticsearch import Elasticsearch
 
-from loglatent.config import Config
+from loglatent.config import Config, DetectionConfig
 from loglatent.burst import bursty_days
 from loglatent.datapoints import DataPoints, collect, shift_day
-from loglatent.detect import choose_eps, cluster_centre, last_is_noise, vote
+from loglatent.detect import choose_eps, cluster_centre, trailing_noise
 from loglatent.errors import StateError
 from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
@@ -256,6 +257,32 @@ def _scores(ensemble: Ensemble, method: str, points: DataPoints, model_ids: np.n
     return np.stack(rows)[:, points.row_of]
 
 
+def eps_chooser(detection: DetectionConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
+    """Return the function that picks eps per window: the fixed ``detection.eps`` or the automatic rule."""
+    fixed = detection.eps
+    if fixed is not None:
+        return lambda windows, distances: np.full(len(windows), fixed)
+    return lambda windows, distances: choose_eps(
+        windows, detection.min_cluster_days, detection.eps_mad_factor, detection.min_eps, distances)
+
+
+def judge_scores(
+    scores: np.ndarray, positions: np.ndarray, detection: DetectionConfig
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Judge the days at ``positions`` of (members x events x days) ``scores`` by DBSCAN and the vote.
+
+    Returns ``(anomalous, votes, eps)``: anomalous and votes are (positions x events), eps is
+    (positions x members x events) and NaN where a day has too little history for a verdict.
+    """
+    members, events, days = scores.shape
+    noise, eps = trailing_noise(
+        scores.reshape(members * events, days), positions, detection.min_cluster_days, detection.history_days,
+        eps_chooser(detection))
+    flags = noise.reshape(len(positions), members, events)
+    votes = flags.sum(axis=1)
+    return votes * 2 > members, votes, eps.reshape(len(positions), members, events)
+
+
 def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, method: str) -> None:
     """Flag the event-days that a majority of the members leave as DBSCAN noise.
 
@@ -265,28 +292,22 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
     member_count = scores.shape[0]
     totals = points.day_totals()
     min_samples = config.min_cluster_days
+    positions = np.array([position for position, day in enumerate(points.days) if day >= context.summary.first_day])
+    anomalous, votes, eps = judge_scores(scores, positions, config)
 
-    for position, day in enumerate(points.days):
-        if day < context.summary.first_day:
-            continue
-        start = max(0, position - config.history_days + 1)
-        if position - start + 1 < min_samples:
+    for index, position in enumerate(int(p) for p in positions):
+        day = points.days[position]
+        if position + 1 < min_samples:
             context.summary.days_without_history.append(day)
             continue
-        windows = scores[:, :, start:position + 1].reshape(-1, position - start + 1)
-        if config.eps is not None:
-            eps = np.full(len(windows), config.eps)
-        else:
-            eps = choose_eps(windows, min_samples, config.eps_mad_factor, config.min_eps)
-        flags = last_is_noise(windows, eps, min_samples).reshape(member_count, -1).T
-        anomalous, votes = vote(flags)
         if day not in context.summary.days_scored:
             context.summary.days_scored.append(day)
-        for event_position in (int(position) for position in np.flatnonzero(anomalous)):
+        start = max(0, position - config.history_days + 1)
+        for event_position in (int(e) for e in np.flatnonzero(anomalous[index])):
             member_windows = scores[:, event_position, start:position + 1]
-            member_eps = eps.reshape(member_count, -1)[:, event_position]
             typical_score = np.mean([
-                cluster_centre(member_windows[m], float(member_eps[m]), min_samples) for m in range(member_count)
+                cluster_centre(member_windows[m], float(eps[index, m, event_position]), min_samples)
+                for m in range(member_count)
             ])
             history_totals = totals[event_position, start:position]
             context.summary.documents.append(_document(
@@ -297,7 +318,7 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
                 reason="behaviour",
                 score=float(scores[:, event_position, position].mean()),
                 typical_score=float(typical_score),
-                votes=int(votes[event_position]),
+                votes=int(votes[index, event_position]),
                 members=member_count,
                 count=int(totals[event_position, position]),
                 typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
