@@ -2,7 +2,9 @@ import numpy as np
 import pytest
 from sklearn.cluster import DBSCAN
 
-from loglatent.detect import choose_eps, cluster_centre, k_distances, last_is_noise, noise_mask, trailing_noise, vote
+from loglatent.detect import (
+    choose_eps, cluster_centre, k_distances, last_is_noise, log_scale, noise_mask, trailing_noise, vote,
+)
 
 
 def test_k_distances_by_hand() -> None:
@@ -13,27 +15,47 @@ def test_k_distances_by_hand() -> None:
 
 def test_repeated_days_and_one_change() -> None:
     values = np.array([[2.0] * 20 + [2.5]])
-    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
+    eps = choose_eps(values, spread_factor=2.0, min_eps=0.05)
     assert eps.tolist() == [0.05]
     assert noise_mask(values, eps, 7).tolist() == [[False] * 20 + [True]]
 
 
-def test_varying_days_use_fence() -> None:
+def test_eps_is_interdecile_range_times_factor() -> None:
+    values = np.array([np.arange(101.0), np.zeros(101)])
+    # The 10th and 90th percentiles of 0..100 are 10 and 90.
+    assert choose_eps(values, spread_factor=2.0, min_eps=0.05).tolist() == [160.0, 0.05]
+
+
+def test_varying_days_and_far_day() -> None:
     # 30 days spread evenly 0.1 apart, then one day far away.
     values = np.array([[*(1.0 + 0.1 * np.arange(30)), 9.0]])
-    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
-    # k-distances of the evenly spaced days are 0.3 to 0.6; the fence lies above them, below 9 - 3.9.
-    assert 0.3 <= eps[0] < 5.1
+    eps = choose_eps(values, spread_factor=2.0, min_eps=0.05)
+    assert eps[0] == pytest.approx(2.0 * (3.7 - 1.3))
     noise = noise_mask(values, eps, 7)[0]
     assert noise.tolist() == [False] * 30 + [True]
 
 
+def test_one_huge_day_hides_nothing() -> None:
+    rng = np.random.default_rng(2)
+    values = np.concatenate([rng.normal(1.0, 0.05, 88), [500.0, 1.8]])[None, :]
+    eps = choose_eps(values, spread_factor=2.0, min_eps=0.05)
+    # The interdecile range ignores the huge day, so the smaller anomaly stays apart too.
+    assert eps[0] < 0.4
+    assert noise_mask(values, eps, 7)[0, -2:].tolist() == [True, True]
+
+
 def test_rare_varying_days_are_noise() -> None:
-    # Fewer than min_samples days differ from the repeated value: each is its own anomaly.
+    # Fewer than a tenth of the days differ from the repeated value: each is its own anomaly.
     values = np.array([[0.0] * 80 + [0.7, 1.3, 2.0]])
-    eps = choose_eps(values, min_samples=7, mad_factor=3.0, min_eps=0.05)
+    eps = choose_eps(values, spread_factor=2.0, min_eps=0.05)
     assert eps.tolist() == [0.05]
     assert noise_mask(values, eps, 7)[0, -3:].tolist() == [True, True, True]
+
+
+def test_log_scale_compares_ratios() -> None:
+    scaled = log_scale(np.array([0.0, 0.1, 100.0, 200.0, 1000.0, 2000.0]), offset=2.0)
+    assert scaled[1] - scaled[0] == pytest.approx(np.log(2.1 / 2.0))
+    assert scaled[3] - scaled[2] == pytest.approx(scaled[5] - scaled[4], abs=0.01)
 
 
 def test_noise_matches_sklearn() -> None:
@@ -74,7 +96,7 @@ def test_trailing_noise_matches_sklearn_windows() -> None:
     scores[:, 25] += 8.0
     positions = np.arange(40)
     noise, eps = trailing_noise(scores, positions, min_samples=5, history_days=20,
-                                choose=lambda windows, distances: np.full(len(windows), 0.4))
+                                choose=lambda windows: np.full(len(windows), 0.4))
     assert not noise[:4].any()
     assert np.isnan(eps[:4]).all()
     for position in range(4, 40):

@@ -162,10 +162,11 @@ class DetectionConfig(_Section):
     """Per-event DBSCAN on KL values and the ensemble vote."""
 
     min_cluster_days: int = Field(default=7, ge=2)
-    history_days: int = Field(default=90, ge=7)
+    history_days: int = Field(default=365, ge=7)
     eps: float | None = Field(default=None, gt=0)
-    eps_mad_factor: float = Field(default=3.0, gt=0)
-    min_eps: float = Field(default=0.05, gt=0)
+    score_offset: float = Field(default=2.0, gt=0)
+    spread_factor: float = Field(default=1.5, gt=0)
+    min_eps: float = Field(default=0.03, gt=0)
     methods: list[Method] = Field(default_factory=lambda: list[Method](["cvae"]), min_length=1)
     pca_coverage: float = Field(default=0.9, gt=0, le=1)
 

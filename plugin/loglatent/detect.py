@@ -1,27 +1,26 @@
-"""Per-event DBSCAN on KL values, the rule that picks ``eps``, and the ensemble vote.
+"""Per-event DBSCAN on daily scores, the rule that picks ``eps``, and the ensemble vote.
 
-KL values are one-dimensional, so DBSCAN reduces to sorting and counting. A point is a core point
+Scores are one-dimensional, so DBSCAN reduces to sorting and counting. A point is a core point
 when at least ``min_samples`` values (itself included) lie within ``eps`` of it. A point is noise
 when it is not a core point and no core point lies within ``eps``. This gives the same noise
 labels as ``sklearn.cluster.DBSCAN`` on the same values, for a whole batch of windows at once.
 
 The ``eps`` rule
 ----------------
-For each window of KL values, take every point's distance to its ``min_samples - 1``-th nearest
-neighbour (the k-distance that decides whether it is a core point). Days that repeat exactly
-(silent days, a cron job that logs at the same minutes every day) have the same KL value and a
-k-distance of zero, so they are a cluster at any ``eps``. The rule looks at the other days:
+Otomo et al. tuned ``eps`` by hand for each event. Here it follows from each window of scores
+(one event, one member, the trailing days), with no labels:
 
-- When at least ``min_samples`` days have a positive k-distance, those days vary from day to day
-  as a matter of course, and ``eps`` is the robust upper fence of their k-distances,
-  ``median + eps_mad_factor * 1.4826 * MAD``. A day past the fence cannot be a core point, and it
-  is noise unless it lies within ``eps`` of a core point.
-- When fewer days vary, a varying day is rarer than the shortest normal state DBSCAN accepts
-  (``min_samples`` days), and ``eps`` falls back to ``min_eps``: each such day is noise unless it
-  lies that close to a cluster.
+1. Scores are compared on the scale ``ln(score + offset)``. Far above ``offset`` two scores
+   differ by their ratio, so that a stream whose busy days score twice its quiet days is judged
+   the same at any volume. Near zero the scale is close to linear, so that days that differ by a
+   small fraction of ``offset`` (a silent event's single message) stay together.
+2. ``eps`` is ``spread_factor`` times the interdecile range (90th minus 10th percentile) of the
+   window on that scale, and at least ``min_eps``. The interdecile range ignores the top and
+   bottom tenth, so a few anomalous days, however extreme, do not widen ``eps`` and hide others,
+   while a second regular state that fills more than a tenth of the days (weekends) does count
+   as normal spread.
 
-``eps`` is never below ``min_eps``, so that values that differ only by float rounding are not
-told apart.
+A day is flagged when it lies farther than ``eps`` from every core point of its window.
 """
 
 from __future__ import annotations
@@ -29,9 +28,6 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import numpy as np
-
-MAD_TO_STD = 1.4826  # scales the median absolute deviation to the standard deviation of a normal distribution
-
 
 def k_distances(windows: np.ndarray, k: int) -> np.ndarray:
     """Return each value's distance to its k-th nearest other value in its row.
@@ -58,24 +54,15 @@ def k_distances(windows: np.ndarray, k: int) -> np.ndarray:
     return result
 
 
-def choose_eps(
-    windows: np.ndarray, min_samples: int, mad_factor: float, min_eps: float, distances: np.ndarray | None = None
-) -> np.ndarray:
-    """Return one ``eps`` per row by the rule described in the module notes.
+def log_scale(scores: np.ndarray, offset: float) -> np.ndarray:
+    """Return ``ln(scores + offset)``: the scale the automatic ``eps`` rule compares scores on."""
+    return np.log(np.maximum(scores, 0.0) + offset)
 
-    ``distances`` are the windows' ``k_distances`` for ``min_samples - 1``, when already computed.
-    """
-    if distances is None:
-        distances = k_distances(windows, min_samples - 1)
-    varying = distances > 0
-    eps = np.full(len(windows), float(min_eps))
-    rows = np.flatnonzero(varying.sum(axis=1) >= min_samples)
-    if len(rows):
-        masked = np.where(varying[rows], distances[rows], np.nan)
-        median = np.nanmedian(masked, axis=1)
-        mad = np.nanmedian(np.abs(masked - median[:, None]), axis=1) * MAD_TO_STD
-        eps[rows] = np.maximum(median + mad_factor * mad, min_eps)
-    return eps
+
+def choose_eps(windows: np.ndarray, spread_factor: float, min_eps: float) -> np.ndarray:
+    """Return one ``eps`` per row: ``spread_factor`` times its interdecile range, at least ``min_eps``."""
+    low, high = np.percentile(windows, [10, 90], axis=1)
+    return np.maximum(spread_factor * (high - low), min_eps)
 
 
 def core_mask(windows: np.ndarray, eps: np.ndarray, min_samples: int) -> np.ndarray:
@@ -119,14 +106,13 @@ def trailing_noise(
     positions: np.ndarray,
     min_samples: int,
     history_days: int,
-    choose: Callable[[np.ndarray, np.ndarray], np.ndarray],
+    choose: Callable[[np.ndarray], np.ndarray],
 ) -> tuple[np.ndarray, np.ndarray]:
     """Judge each day in ``positions`` against its trailing window of ``history_days`` days.
 
     ``scores`` is (rows x days), one row per member and event. For each position p with at least
     ``min_samples`` days of history (p itself included), the window is days
-    ``max(0, p - history_days + 1)`` to p, ``choose(windows, k_distances)`` returns one eps per
-    row, and the result says whether day p is DBSCAN noise in its window. Returns
+    ``max(0, p - history_days + 1)`` to p, ``choose(windows)`` returns one eps per row, and the result says whether day p is DBSCAN noise in its window. Returns
     ``(noise, eps)``, both (len(positions) x rows); positions without enough history are never
     noise and have eps NaN.
     """
@@ -138,7 +124,7 @@ def trailing_noise(
             continue
         windows = scores[:, start:position + 1]
         distances = k_distances(windows, min_samples - 1)
-        eps = choose(windows, distances)
+        eps = choose(windows)
         # A value is a core point when its (min_samples - 1)-th nearest other value lies within eps.
         core = distances <= eps[:, None]
         near_core = ((np.abs(windows - windows[:, -1:]) <= eps[:, None]) & core).any(axis=1)

@@ -108,15 +108,15 @@ def run_seed(
         result.training_seconds = time.monotonic() - started
         kl = np.stack([score_kl(m, training_set.counts, training_set.events, torch.device("cpu"))
                        for m in ensemble.members])[:, row_of]
-        anomalous, _, _ = judge_scores(kl, positions, detection)
-        result.runs["cvae"] = MethodRun("cvae", anomalous.T, kl.mean(axis=0), time.monotonic() - started)
+        judgement = judge_scores(kl, positions, detection)
+        result.runs["cvae"] = MethodRun("cvae", judgement.anomalous.T, kl.mean(axis=0), time.monotonic() - started)
         log.info("Seed %d: CVAE trained and judged in %.1f s", seed, time.monotonic() - started)
     if "pca" in methods:
         started = time.monotonic()
         pca = fit_pca(training_set.counts, training_set.weights, detection.pca_coverage)
         errors = reconstruction_error(pca, training_set.counts)[row_of][None, :, :]
-        anomalous, _, _ = judge_scores(errors, positions, detection)
-        result.runs["pca"] = MethodRun("pca", anomalous.T, errors[0], time.monotonic() - started)
+        judgement = judge_scores(errors, positions, detection)
+        result.runs["pca"] = MethodRun("pca", judgement.anomalous.T, errors[0], time.monotonic() - started)
     if "burst" in methods:
         started = time.monotonic()
         flags = np.stack([bursty_days(counts) for counts in corpus.counts])

@@ -8,7 +8,6 @@ import shutil
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import date, datetime, time as clock_time, timedelta, timezone
 from pathlib import Path
@@ -21,7 +20,7 @@ from elasticsearch import Elasticsearch
 from loglatent.config import Config, DetectionConfig
 from loglatent.burst import bursty_days
 from loglatent.datapoints import DataPoints, collect, shift_day
-from loglatent.detect import choose_eps, cluster_centre, trailing_noise
+from loglatent.detect import choose_eps, cluster_centre, log_scale, trailing_noise
 from loglatent.errors import StateError
 from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
@@ -257,30 +256,49 @@ def _scores(ensemble: Ensemble, method: str, points: DataPoints, model_ids: np.n
     return np.stack(rows)[:, points.row_of]
 
 
-def eps_chooser(detection: DetectionConfig) -> Callable[[np.ndarray, np.ndarray], np.ndarray]:
-    """Return the function that picks eps per window: the fixed ``detection.eps`` or the automatic rule."""
-    fixed = detection.eps
-    if fixed is not None:
-        return lambda windows, distances: np.full(len(windows), fixed)
-    return lambda windows, distances: choose_eps(
-        windows, detection.min_cluster_days, detection.eps_mad_factor, detection.min_eps, distances)
+@dataclass(frozen=True)
+class Judgement:
+    """Verdicts on some days of (members x events x days) scores.
+
+    ``anomalous`` and ``votes`` are (positions x events). ``eps`` is (positions x members x
+    events), NaN where a day has too little history for a verdict, and applies to ``scale``: the
+    scores on the scale DBSCAN compared them on.
+    """
+
+    anomalous: np.ndarray
+    votes: np.ndarray
+    eps: np.ndarray
+    scale: np.ndarray
+    offset: float | None
+
+    def to_score(self, value: float) -> float:
+        """Return the score that ``value`` on the DBSCAN scale stands for."""
+        return value if self.offset is None else float(np.exp(value) - self.offset)
 
 
-def judge_scores(
-    scores: np.ndarray, positions: np.ndarray, detection: DetectionConfig
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def judge_scores(scores: np.ndarray, positions: np.ndarray, detection: DetectionConfig) -> Judgement:
     """Judge the days at ``positions`` of (members x events x days) ``scores`` by DBSCAN and the vote.
 
-    Returns ``(anomalous, votes, eps)``: anomalous and votes are (positions x events), eps is
-    (positions x members x events) and NaN where a day has too little history for a verdict.
+    A fixed ``detection.eps`` applies to the scores themselves, as in Otomo et al. Otherwise eps
+    follows from each window by the rule in ``loglatent.detect``.
     """
     members, events, days = scores.shape
+    fixed = detection.eps
+
+    def choose(windows: np.ndarray) -> np.ndarray:
+        if fixed is not None:
+            return np.full(len(windows), fixed)
+        return choose_eps(windows, detection.spread_factor, detection.min_eps)
+
+    if fixed is not None:
+        scale, offset = scores, None
+    else:
+        scale, offset = log_scale(scores, detection.score_offset), detection.score_offset
     noise, eps = trailing_noise(
-        scores.reshape(members * events, days), positions, detection.min_cluster_days, detection.history_days,
-        eps_chooser(detection))
+        scale.reshape(members * events, days), positions, detection.min_cluster_days, detection.history_days, choose)
     flags = noise.reshape(len(positions), members, events)
     votes = flags.sum(axis=1)
-    return votes * 2 > members, votes, eps.reshape(len(positions), members, events)
+    return Judgement(votes * 2 > members, votes, eps.reshape(len(positions), members, events), scale, offset)
 
 
 def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, method: str) -> None:
@@ -293,7 +311,7 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
     totals = points.day_totals()
     min_samples = config.min_cluster_days
     positions = np.array([position for position, day in enumerate(points.days) if day >= context.summary.first_day])
-    anomalous, votes, eps = judge_scores(scores, positions, config)
+    judgement = judge_scores(scores, positions, config)
 
     for index, position in enumerate(int(p) for p in positions):
         day = points.days[position]
@@ -303,12 +321,12 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
         if day not in context.summary.days_scored:
             context.summary.days_scored.append(day)
         start = max(0, position - config.history_days + 1)
-        for event_position in (int(e) for e in np.flatnonzero(anomalous[index])):
-            member_windows = scores[:, event_position, start:position + 1]
-            typical_score = np.mean([
-                cluster_centre(member_windows[m], float(eps[index, m, event_position]), min_samples)
+        for event_position in (int(e) for e in np.flatnonzero(judgement.anomalous[index])):
+            member_windows = judgement.scale[:, event_position, start:position + 1]
+            typical_score = judgement.to_score(float(np.mean([
+                cluster_centre(member_windows[m], float(judgement.eps[index, m, event_position]), min_samples)
                 for m in range(member_count)
-            ])
+            ])))
             history_totals = totals[event_position, start:position]
             context.summary.documents.append(_document(
                 context,
@@ -318,7 +336,7 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
                 reason="behaviour",
                 score=float(scores[:, event_position, position].mean()),
                 typical_score=float(typical_score),
-                votes=int(votes[index, event_position]),
+                votes=int(judgement.votes[index, event_position]),
                 members=member_count,
                 count=int(totals[event_position, position]),
                 typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
