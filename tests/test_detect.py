@@ -106,3 +106,20 @@ def test_trailing_noise_matches_sklearn_windows() -> None:
             labels = DBSCAN(eps=0.4, min_samples=5).fit(window[:, None]).labels_
             assert noise[position, row] == (labels[-1] == -1), (position, row)
     assert noise[25].all()
+
+
+def test_multi_day_burst_flagged_each_day() -> None:
+    from loglatent.config import DetectionConfig
+    from loglatent.jobs import judge_scores
+
+    rng = np.random.default_rng(4)
+    scores = rng.normal(2.0, 0.1, (3, 1, 200)).clip(min=0)
+    scores[:, 0, 150:153] = 30.0  # three days of a burst
+    scores[:, 0, 170:182] = 60.0  # a new level that lasts twelve days
+    judgement = judge_scores(scores, np.arange(200), DetectionConfig())
+    flagged = np.flatnonzero(judgement.anomalous[:, 0])
+
+    assert [150, 151, 152] == [day for day in flagged if 150 <= day < 153]
+    # The first six days of the new level are anomalies; from the seventh on it is a cluster.
+    assert [day for day in flagged if day >= 170] == list(range(170, 176))
+    assert len(flagged) == 9

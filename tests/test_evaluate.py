@@ -48,7 +48,8 @@ def test_evaluate_command_baselines(tmp_path, capsys) -> None:
           "--methods", "pca,burst", "--json", str(out)])
     printed = capsys.readouterr().out
     assert "Mean over 2 corpora (seeds 0, 1)" in printed
-    assert "pca" in printed and "burst" in printed
+    assert "\npca " in printed
+    assert "\nburst " in printed
     document = json.loads(out.read_text())
     assert set(document["methods"]) == {"pca", "burst"}
     for entry in document["methods"].values():

@@ -2,7 +2,7 @@
 
 The paper's data set has 120 events (host and template pairs) over 456 days. This module draws
 such a corpus directly as (events x days x 1,440) minute counts, with a label per event-day, so
-that detectors can be compared on known answers without an Elasticsearch node.
+that detectors can be compared against known labels without an Elasticsearch node.
 
 Every device runs one event of each behaviour class:
 

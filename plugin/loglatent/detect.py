@@ -112,7 +112,7 @@ def trailing_noise(
 
     ``scores`` is (rows x days), one row per member and event. For each position p with at least
     ``min_samples`` days of history (p itself included), the window is days
-    ``max(0, p - history_days + 1)`` to p, ``choose(windows)`` returns one eps per row, and the result says whether day p is DBSCAN noise in its window. Returns
+    ``max(0, p - history_days + 1)`` to p, ``choose(windows)`` returns one eps per row, and the result marks whether day p is DBSCAN noise in its window. Returns
     ``(noise, eps)``, both (len(positions) x rows); positions without enough history are never
     noise and have eps NaN.
     """

@@ -1,9 +1,9 @@
 """Detectors compared on a labelled corpus: the numbers behind ``loglatent evaluate``.
 
-Each method scores a generated corpus (``loglatent.corpus``) with the same code the worker runs:
-the CVAE ensemble's KL values and the PCA reconstruction errors are judged by the per-event
-DBSCAN rule on each day's trailing window (``jobs.judge_scores``), and Kleinberg's automaton
-flags bursty days (``burst.bursty_days``). A day counts only when it has the ``min_cluster_days``
+Each method scores a generated corpus (``loglatent.corpus``) with the same code the worker runs.
+The per-event DBSCAN rule on each day's trailing window (``jobs.judge_scores``) judges the CVAE
+ensemble's KL values and the PCA reconstruction errors. Kleinberg's automaton flags bursty days
+(``burst.bursty_days``). A day counts only when it has the ``min_cluster_days``
 days of history that a verdict needs, for every method alike.
 """
 
@@ -166,6 +166,7 @@ def summarise(results: list[SeedResult], methods: list[str]) -> dict[str, Any]:
                                            "recall")
                                for kind in sorted({kind for entry in per_seed for kind in entry["by_kind"]})},
             "seconds": float(np.mean([result.runs[method].seconds for result in results])),
+            "training_seconds": float(np.mean([result.training_seconds for result in results])),
             "seeds": {str(result.seed): entry["overall"] for result, entry in zip(results, per_seed)},
         }
     return summary
