@@ -200,12 +200,12 @@ def format_table(summary: dict[str, Any], seeds: list[int]) -> str:
     methods = list(summary)
     lines = [f"Mean over {len(seeds)} corpora (seeds {', '.join(map(str, seeds))}); "
              f"{next(iter(summary.values()))['data_points']} judged data points each.", ""]
-    lines.append(f"{'method':8} {'anomalies':>9} {'detected':>9} {'precision':>9} {'recall':>7} {'F1':>6} "
-                 f"{'bursts covered':>14}")
+    lines.append(f"{'method':8} {'data points':>11} {'anomalies':>9} {'detected':>9} {'precision':>9} {'recall':>7} "
+                 f"{'F1':>6} {'bursts covered':>14}")
     for method in methods:
         entry = summary[method]
-        lines.append(f"{method:8} {entry['anomalies']:9.1f} {entry['detected']:9.1f} {entry['precision']:9.3f} "
-                     f"{entry['recall']:7.3f} {entry['f1']:6.3f} {entry['bursts_covered']:14.3f}")
+        lines.append(f"{method:8} {entry['data_points']:11d} {entry['anomalies']:9.1f} {entry['detected']:9.1f} "
+                     f"{entry['precision']:9.3f} {entry['recall']:7.3f} {entry['f1']:6.3f} {entry['bursts_covered']:14.3f}")
 
     lines += ["", "By behaviour class (precision / recall / F1):"]
     classes = [name for name in CLASSES if name in summary[methods[0]]["by_class"]]
