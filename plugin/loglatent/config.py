@@ -77,15 +77,7 @@ class SourceConfig(_Section):
     @field_validator("timezone")
     @classmethod
     def _known_timezone(cls, name: str) -> str:
-        try:
-            ZoneInfo(name)
-        except (ZoneInfoNotFoundError, ValueError):
-            close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            raise ValueError(
-                f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
-            ) from None
-        return name
+        return _check_timezone(name)
 
     @property
     def zone(self) -> ZoneInfo:
@@ -186,6 +178,60 @@ class DetectionConfig(_Section):
         return self
 
 
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
+    return name
+
+
+class JobSchedule(_Section):
+    """When one job of the worker runs: a five-field cron expression in ``schedule.timezone``."""
+
+    cron: str
+    # A run that could not start on time (the worker was busy or down) still starts within this
+    # many seconds; later, it is skipped until the next time.
+    misfire_grace_seconds: int = Field(default=600, ge=1)
+
+    @field_validator("cron")
+    @classmethod
+    def _valid_cron(cls, expression: str) -> str:
+        from apscheduler.triggers.cron import CronTrigger
+
+        try:
+            CronTrigger.from_crontab(expression, timezone="UTC")
+        except ValueError as exc:
+            raise ValueError(
+                f"invalid cron expression {expression!r}: {exc}; expected five fields "
+                "(minute hour day-of-month month day-of-week), such as '*/10 * * * *' or '30 0 * * *'"
+            ) from None
+        return expression
+
+
+class ScheduleConfig(_Section):
+    """The worker's jobs and the timezone their cron expressions are read in."""
+
+    timezone: str = "UTC"
+    ingest: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="*/10 * * * *"))
+    detect: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="30 0 * * *"))
+    train: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 3 * * 0"))
+    digest: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 7 * * *"))
+
+    @field_validator("timezone")
+    @classmethod
+    def _known_timezone(cls, name: str) -> str:
+        return _check_timezone(name)
+
+    @property
+    def zone(self) -> ZoneInfo:
+        return ZoneInfo(self.timezone)
+
+
 class Config(_Section):
     """The whole validated configuration. Runtime state never lives here."""
 
@@ -197,6 +243,7 @@ class Config(_Section):
     ingest: IngestConfig = Field(default_factory=IngestConfig)
     model: ModelConfig = Field(default_factory=ModelConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
+    schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
     data_dir: Path = Path("data")
 
 
@@ -307,11 +354,18 @@ def _allowed_keys(location: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _section_with_key(key: str) -> str | None:
-    for name, field in Config.model_fields.items():
+def _section_with_key(key: str, model: type[BaseModel] = Config, prefix: str = "") -> str | None:
+    """Return the dotted path of the first section, at any depth, that has ``key``."""
+    for name, field in model.model_fields.items():
         annotation = field.annotation
-        if isinstance(annotation, type) and issubclass(annotation, BaseModel) and key in annotation.model_fields:
-            return name
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            continue
+        path = f"{prefix}{name}"
+        if key in annotation.model_fields:
+            return path
+        nested = _section_with_key(key, annotation, f"{path}.")
+        if nested is not None:
+            return nested
     return None
 
 
