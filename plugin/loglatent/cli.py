@@ -283,15 +283,26 @@ def detect(config: Config, day: datetime | None, first_day: datetime | None, las
 
 
 @cli.command()
-@click.option("--once", is_flag=True, required=True,
+@click.option("--once", is_flag=True,
               help="Run ingest, train when due, and detect the last complete day once, then exit.")
 @pass_config
 def run(config: Config, once: bool) -> None:
-    """Run the worker's jobs. Only --once exists so far: run it from cron or a Kubernetes CronJob."""
+    """Run the worker: its jobs on the schedule section's cron expressions, until SIGTERM or SIGINT.
+
+    With --once, run ingest, train-if-due and detect one time and exit, for cron or a Kubernetes
+    CronJob.
+    """
     from loglatent.es import connect
-    from loglatent.jobs import run_once
 
     client = connect(config.elasticsearch)
+    if not once:
+        from loglatent.worker import Worker
+
+        Worker(client, config).serve()
+        return
+
+    from loglatent.jobs import run_once
+
     summary = run_once(client, config)
     click.echo(f"Ingest read {summary.ingest.documents} documents; "
                + (f"trained model {summary.trained.version}; " if summary.trained else "model is current; ")

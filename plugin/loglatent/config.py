@@ -161,6 +161,7 @@ class DetectionConfig(_Section):
     min_eps: float = Field(default=0.03, gt=0)
     methods: list[Method] = Field(default_factory=lambda: list[Method](["cvae"]), min_length=1)
     pca_coverage: float = Field(default=0.9, gt=0, le=1)
+    backfill_days: int = Field(default=7, ge=1)
 
     @field_validator("methods")
     @classmethod
@@ -214,9 +215,13 @@ class JobSchedule(_Section):
 
 
 class ScheduleConfig(_Section):
-    """The worker's jobs and the timezone their cron expressions are read in."""
+    """The worker's jobs, the timezone their cron expressions are read in, and where state lives."""
 
     timezone: str = "UTC"
+    # Index of the worker's checkpoints, job runs and lease; one per configuration.
+    state_index: str = "loglatent-state"
+    # A worker that stops renewing its lease loses it after this many seconds.
+    lease_seconds: int = Field(default=60, ge=5)
     ingest: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="*/10 * * * *"))
     detect: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="30 0 * * *"))
     train: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 3 * * 0"))

@@ -35,9 +35,10 @@ class StateStore:
         """Return the last recorded run of ``job``: start, end, outcome and details."""
         return self._get(f"run-{job}")
 
-    def record_run(self, job: str, started: str, finished: str, outcome: str, details: dict[str, Any]) -> None:
+    def record_run(self, job: str, started: str, finished: str, outcome: str, details: dict[str, Any],
+                   holder: str = "") -> None:
         self._put(f"run-{job}", {"kind": "run", "job": job, "started": started, "finished": finished,
-                                 "outcome": outcome, "details": details})
+                                 "outcome": outcome, "details": details, "holder": holder})
 
     def _get(self, document_id: str) -> dict[str, Any] | None:
         try:
