@@ -328,10 +328,11 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
             allowed = _allowed_keys(location[:-1])
             close = difflib.get_close_matches(location[-1], allowed, n=1)
             home = _section_with_key(location[-1])
-            if close:
-                hint = f" (did you mean {close[0]!r}?)"
-            elif home and home != ".".join(location[:-1]):
+            # A key spelled exactly as in another section is more likely misplaced than misspelled.
+            if home and home != ".".join(location[:-1]):
                 hint = f" (it belongs under {home!r})"
+            elif close:
+                hint = f" (did you mean {close[0]!r}?)"
             else:
                 hint = ""
             lines.append(f"  {key}: unknown key{hint}; allowed here: {', '.join(allowed)}")
