@@ -69,7 +69,7 @@ def test_evaluate_command_cvae_plots(tmp_path, capsys) -> None:
           "--methods", "cvae", "--members", "3", "--epochs", "1", "--plot", str(plots), "--plot-events", "0,4"])
     printed = capsys.readouterr()
     assert "cvae" in printed.out
-    assert "3 members x 1 epochs" in printed.err
+    assert "3 members x 1 epochs, at least 20 steps" in printed.err
     files = sorted(path.name for path in plots.iterdir())
     assert files == ["seed0-event000-cron.png", "seed0-event004-silent.png"]
     assert (plots / files[0]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -88,3 +88,10 @@ def test_evaluate_rejects_bad_options(arguments, message, capsys) -> None:
         main(["evaluate", *arguments])
     assert exit_info.value.code == 4
     assert message in capsys.readouterr().err
+
+
+def test_unwritable_json_fails_first(tmp_path, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        main(["evaluate", "--methods", "pca", "--json", str(tmp_path / "missing" / "table.json")])
+    assert exit_info.value.code == 4
+    assert "not found; create it first" in capsys.readouterr().err

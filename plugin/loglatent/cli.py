@@ -350,15 +350,20 @@ def evaluate(
         raise InputError(f"--methods {methods!r}: unknown method {', '.join(unknown) or '(none given)'}; "
                          f"choose from {', '.join(METHODS)}")
     plotted = _parse_event_numbers(plot_event_numbers, events) if plot_event_numbers else None
+    if plotted is not None and plot_dir is None:
+        raise InputError("--plot-events needs --plot DIR, the folder to draw the plots into")
+    _check_writable(json_path, plot_dir)
     config_path = click.get_current_context().obj
     config = load_config(config_path) if config_path is not None else Config()
     overrides = {key: value for key, value in (("ensemble_size", members), ("epochs", epochs)) if value is not None}
     model = config.model.model_copy(update=overrides)
+    cvae_note = f" ({model.ensemble_size} members x {model.epochs} epochs, at least {model.min_steps} steps)" \
+        if "cvae" in chosen else ""
 
     results = []
     for run_seed_value in range(seed, seed + runs):
-        click.echo(f"Corpus {run_seed_value}: {events} events x {days} days; running {', '.join(chosen)} "
-                   f"({model.ensemble_size} members x {model.epochs} epochs)", err=True)
+        click.echo(f"Corpus {run_seed_value}: {events} events x {days} days; running {', '.join(chosen)}"
+                   f"{cvae_note}", err=True)
         result = run_seed(run_seed_value, CorpusSize(events, devices, days), chosen, model, config.detection)
         results.append(result)
         if plot_dir is not None:
@@ -373,11 +378,22 @@ def evaluate(
         document = {
             "corpus": {"events": events, "devices": devices, "days": days, "seeds": [r.seed for r in results]},
             "model": model.model_dump(),
-            "detection": config.detection.model_dump(),
+            "detection": dict(config.detection.model_dump(), methods=chosen),
             "methods": summary,
         }
         json_path.write_text(json.dumps(document, indent=1))
         click.echo(f"Wrote {json_path}", err=True)
+
+
+def _check_writable(json_path: Path | None, plot_dir: Path | None) -> None:
+    """Fail before a long evaluation when its output cannot be written."""
+    if json_path is not None and not json_path.resolve().parent.is_dir():
+        raise InputError(f"--json {str(json_path)!r}: folder {str(json_path.resolve().parent)!r} not found; create it first")
+    if plot_dir is not None:
+        try:
+            plot_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise InputError(f"--plot {str(plot_dir)!r}: cannot create the folder: {exc.strerror}") from None
 
 
 def _parse_event_numbers(text: str, events: int) -> list[int]:

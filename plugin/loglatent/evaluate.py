@@ -166,9 +166,10 @@ def summarise(results: list[SeedResult], methods: list[str]) -> dict[str, Any]:
                                            "recall")
                                for kind in sorted({kind for entry in per_seed for kind in entry["by_kind"]})},
             "seconds": float(np.mean([result.runs[method].seconds for result in results])),
-            "training_seconds": float(np.mean([result.training_seconds for result in results])),
             "seeds": {str(result.seed): entry["overall"] for result, entry in zip(results, per_seed)},
         }
+        if method == "cvae":
+            summary[method]["training_seconds"] = float(np.mean([result.training_seconds for result in results]))
     return summary
 
 
@@ -198,7 +199,8 @@ def _mean(entries: list[dict[str, Any]], key: str) -> float:
 def format_table(summary: dict[str, Any], seeds: list[int]) -> str:
     """Return the printed tables: methods overall, then per behaviour class, then recall per anomaly kind."""
     methods = list(summary)
-    lines = [f"Mean over {len(seeds)} corpora (seeds {', '.join(map(str, seeds))}); "
+    corpora = "1 corpus (seed" if len(seeds) == 1 else f"{len(seeds)} corpora (seeds"
+    lines = [f"Mean over {corpora} {', '.join(map(str, seeds))}); "
              f"{next(iter(summary.values()))['data_points']} judged data points each.", ""]
     lines.append(f"{'method':8} {'data points':>11} {'anomalies':>9} {'detected':>9} {'precision':>9} {'recall':>7} "
                  f"{'F1':>6} {'bursts covered':>14}")
