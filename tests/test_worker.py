@@ -127,3 +127,21 @@ def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, s
     assert "Received SIGTERM" in rest
     assert "stopped" in rest
     assert Lease(es, state_index, "worker", "probe", 60).read() is None
+
+
+def test_status_shows_runs_and_lease(es: Elasticsearch, index_name: str, make_config, state_index: str, capsys) -> None:  # type: ignore[no-untyped-def]
+    from loglatent.cli import main
+
+    index_documents(es, index_name, generate(seed=7, days=2, hosts=1).documents)
+    config = make_config(index_name, extra=f"schedule:\n  state_index: {state_index}\n")
+    worker = Worker(es, config, holder="status-test")
+    assert worker.run_job("ingest") == "ok"
+    main(["--config", str(make_config.last_path), "status"])
+    printed = capsys.readouterr().out
+    assert f"State index: {state_index}" in printed
+    assert "ingest  ok" in printed
+    assert "by status-test" in printed
+    assert "detect  never run" in printed
+    assert "last_detected_day: none" in printed
+    assert "lease: held by status-test" in printed
+    assert "model on disk: none" in printed

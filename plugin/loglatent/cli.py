@@ -312,6 +312,39 @@ def run(config: Config, once: bool) -> None:
 
 
 @cli.command()
+@pass_config
+def status(config: Config) -> None:
+    """Print the last run of each job, the checkpoints, the lease holder and the active model."""
+    from loglatent.es import connect
+    from loglatent.jobs import active_version
+    from loglatent.lease import Lease
+    from loglatent.schedule import JOBS
+    from loglatent.state import StateStore
+    from loglatent.worker import ACTIVE_MODEL, LAST_DETECTED
+
+    client = connect(config.elasticsearch)
+    store = StateStore(client, config.schedule.state_index)
+    click.echo(f"State index: {config.schedule.state_index}")
+    for job in JOBS:
+        run = store.last_run(job)
+        if run is None:
+            click.echo(f"  {job:7} never run")
+        else:
+            click.echo(f"  {job:7} {run['outcome']:7} started {run['started']}, finished {run['finished']} "
+                       f"by {run.get('holder') or '?'}: {run['details']}")
+    for name in (LAST_DETECTED, ACTIVE_MODEL):
+        click.echo(f"  {name}: {store.checkpoint(name) or 'none'}")
+    lease = Lease(client, config.schedule.state_index, "worker", "status", config.schedule.lease_seconds).read()
+    if lease is None:
+        click.echo("  lease: free")
+    else:
+        expiry = datetime.fromtimestamp(lease.expires_at, timezone.utc).isoformat()
+        state = "expired" if lease.expires_at < time.time() else "held"
+        click.echo(f"  lease: {state} by {lease.holder} until {expiry}")
+    click.echo(f"  model on disk: {active_version(config) or 'none'} in {config.data_dir / 'models'}")
+
+
+@cli.command()
 @click.option("--methods", default="cvae,pca,burst", show_default=True,
               help="Comma-separated methods to compare: cvae, pca, burst.")
 @click.option("--events", type=click.IntRange(1, 10_000), default=120, show_default=True, help="Events in the corpus.")
