@@ -16,3 +16,13 @@ def index_documents(es: Elasticsearch, index: str, documents: list[dict[str, Any
     es.indices.refresh(index=index)
     assert errors == [], errors
     assert indexed == len(documents)
+
+
+class Clock:
+    """A controlled clock in Unix seconds: tests move ``now`` by hand."""
+
+    def __init__(self) -> None:
+        self.now = 1_700_000_000.0
+
+    def __call__(self) -> float:
+        return self.now

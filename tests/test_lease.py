@@ -4,15 +4,8 @@ import uuid
 import pytest
 from elasticsearch import Elasticsearch
 
+from helpers import Clock
 from loglatent.lease import Lease, ensure_state_index
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -7,19 +7,11 @@ from datetime import date, datetime, timedelta, timezone
 import pytest
 from elasticsearch import Elasticsearch
 
-from helpers import index_documents
+from helpers import Clock, index_documents
 from loglatent.synthetic import generate
 from loglatent.worker import LAST_DETECTED, Worker
 
 MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 60\n"
-
-
-class Clock:
-    def __init__(self) -> None:
-        self.now = 1_700_000_000.0
-
-    def __call__(self) -> float:
-        return self.now
 
 
 @pytest.fixture

@@ -64,14 +64,21 @@ class ElasticsearchConfig(_Section):
         return self
 
 
-class SourceConfig(_Section):
-    """Source of the syslog documents: index pattern, timestamp, host and message fields, timezone."""
+def _check_timezone(name: str) -> str:
+    try:
+        ZoneInfo(name)
+    except (ZoneInfoNotFoundError, ValueError):
+        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        raise ValueError(
+            f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
+        ) from None
+    return name
 
-    index: str = "logs-*"
-    timestamp_field: str = "@timestamp"
-    host_field: str = "host.name"
-    message_field: str = "message"
-    query: dict[str, Any] | None = None
+
+class _ZonedSection(_Section):
+    """A section with an IANA ``timezone`` and the ``zone`` it names."""
+
     timezone: str = "UTC"
 
     @field_validator("timezone")
@@ -82,6 +89,16 @@ class SourceConfig(_Section):
     @property
     def zone(self) -> ZoneInfo:
         return ZoneInfo(self.timezone)
+
+
+class SourceConfig(_ZonedSection):
+    """Source of the syslog documents: index pattern, timestamp, host and message fields, timezone."""
+
+    index: str = "logs-*"
+    timestamp_field: str = "@timestamp"
+    host_field: str = "host.name"
+    message_field: str = "message"
+    query: dict[str, Any] | None = None
 
 
 class OutputConfig(_Section):
@@ -179,24 +196,12 @@ class DetectionConfig(_Section):
         return self
 
 
-def _check_timezone(name: str) -> str:
-    try:
-        ZoneInfo(name)
-    except (ZoneInfoNotFoundError, ValueError):
-        close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
-        hint = f" (did you mean {close[0]!r}?)" if close else ""
-        raise ValueError(
-            f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
-        ) from None
-    return name
-
-
 class JobSchedule(_Section):
     """When one job of the worker runs: a five-field cron expression in ``schedule.timezone``."""
 
     cron: str
-    # A run that could not start on time (the worker was busy or down) still starts within this
-    # many seconds; later, it is skipped until the next time.
+    # A run that could not start on time, because the worker was busy or down, still starts
+    # within this many seconds. After that it is skipped until the next time.
     misfire_grace_seconds: int = Field(default=600, ge=1)
 
     @field_validator("cron")
@@ -214,10 +219,9 @@ class JobSchedule(_Section):
         return expression
 
 
-class ScheduleConfig(_Section):
+class ScheduleConfig(_ZonedSection):
     """The worker's jobs, the timezone their cron expressions are read in, and where state lives."""
 
-    timezone: str = "UTC"
     # Index of the worker's checkpoints, job runs and lease; one per configuration.
     state_index: str = "loglatent-state"
     # A worker that stops renewing its lease loses it after this many seconds.
@@ -226,15 +230,6 @@ class ScheduleConfig(_Section):
     detect: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="30 0 * * *"))
     train: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 3 * * 0"))
     digest: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 7 * * *"))
-
-    @field_validator("timezone")
-    @classmethod
-    def _known_timezone(cls, name: str) -> str:
-        return _check_timezone(name)
-
-    @property
-    def zone(self) -> ZoneInfo:
-        return ZoneInfo(self.timezone)
 
 
 class Config(_Section):
