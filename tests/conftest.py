@@ -82,3 +82,43 @@ def make_config(tmp_path: Path, es_url: str):  # type: ignore[no-untyped-def]
         return config
 
     return make
+
+
+class MailServer:
+    """A real SMTP server (aiosmtpd) on a free local port that keeps what it receives.
+
+    ``refuse_next`` makes the next DATA commands fail with a temporary error (451), so tests can
+    watch the sender retry.
+    """
+
+    def __init__(self) -> None:
+        from aiosmtpd.controller import Controller
+
+        self.messages: list[bytes] = []
+        self.envelopes: list[tuple[str, list[str]]] = []
+        self.refuse_next = 0
+        self.port = _free_port()
+        self.controller = Controller(self, hostname="127.0.0.1", port=self.port)
+
+    async def handle_DATA(self, server, session, envelope) -> str:  # type: ignore[no-untyped-def]
+        if self.refuse_next > 0:
+            self.refuse_next -= 1
+            return "451 4.3.0 Try again later"
+        self.messages.append(bytes(envelope.original_content))
+        self.envelopes.append((envelope.mail_from, list(envelope.rcpt_tos)))
+        return "250 2.0.0 Message accepted"
+
+    def parsed(self) -> list:  # type: ignore[type-arg]
+        from email import message_from_bytes, policy
+
+        return [message_from_bytes(raw, policy=policy.default) for raw in self.messages]
+
+
+@pytest.fixture
+def mail_server() -> Iterator[MailServer]:
+    server = MailServer()
+    server.controller.start()
+    try:
+        yield server
+    finally:
+        server.controller.stop()

@@ -1,17 +1,32 @@
 """The scheduled worker's jobs against the real node: the lease between two workers, and catch-up after downtime."""
 
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from datetime import date, datetime, timedelta, timezone
+from pathlib import Path
 
 import pytest
 from elasticsearch import Elasticsearch
 
 from helpers import Clock, index_documents
+from loglatent.digest import LAST_DIGEST
+from loglatent.ingest import ingest, open_store
+from loglatent.lease import Lease
+from loglatent.state import StateStore
 from loglatent.synthetic import generate
 from loglatent.worker import LAST_DETECTED, Worker
 
 MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 60\n"
+# A schedule that fires nothing during a test but the hourly digest, and a model that trains in seconds.
+QUIET = "schedule:\n  state_index: {state}\n  lease_seconds: 6\n  ingest:\n    cron: '0 0 1 1 *'\n" \
+        "  detect:\n    cron: '0 0 1 1 *'\n  train:\n    cron: '0 0 1 1 *'\n  digest:\n    cron: '0 * * * *'\n"
+TINY = "model:\n  ensemble_size: 1\n  epochs: 1\n  min_steps: 30\ndetection:\n  backfill_days: 2\n"
 
 
 @pytest.fixture
@@ -58,12 +73,19 @@ def test_lease_expires_when_worker_dies(es: Elasticsearch, index_name: str, make
     assert survivor.run_job("ingest") == "ok"
 
 
-def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: str, make_config, state_index: str) -> None:  # type: ignore[no-untyped-def]
+def mail(server) -> str:  # type: ignore[no-untyped-def]
+    return (f"digest:\n  to: [noc@example.net]\n  smtp:\n    host: 127.0.0.1\n    port: {server.port}\n"
+            "    retry_seconds: 0\n")
+
+
+def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: str, make_config, state_index: str,  # type: ignore[no-untyped-def]
+                                               mail_server) -> None:
     corpus = generate(seed=5, days=40, hosts=2)
     index_documents(es, index_name, corpus.documents)
     output = f"{index_name}-anomalies"
     config = make_config(index_name, extra=MODEL + f"output:\n  index: {output}\n"
-                         f"schedule:\n  state_index: {state_index}\ndetection:\n  backfill_days: 3\n")
+                         f"schedule:\n  state_index: {state_index}\ndetection:\n  backfill_days: 3\n"
+                         + mail(mail_server))
     try:
         worker = Worker(es, config, holder="worker", clock=Clock())
         assert worker.run_job("ingest") == "ok"
@@ -75,6 +97,11 @@ def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: st
         assert first_run is not None
         last_day = (first_morning - timedelta(days=1)).date()
         assert first_run["details"]["days"] == [(last_day - timedelta(days=n)).isoformat() for n in (2, 1, 0)]
+        assert worker.run_job("digest", now=first_morning) == "ok"
+        assert len(mail_server.messages) == 1
+        on_time = mail_server.parsed()[0]
+        assert on_time["X-Loglatent-Days"] == last_day.isoformat()
+        assert "(late)" not in str(on_time["Subject"])
 
         # Three days down, then one run: the three missed days, oldest first, each once.
         assert worker.run_job("detect", now=first_morning + timedelta(days=3)) == "ok"
@@ -82,6 +109,20 @@ def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: st
         assert second_run is not None
         assert second_run["details"]["days"] == [(last_day + timedelta(days=n)).isoformat() for n in (1, 2, 3)]
         assert worker.state.checkpoint(LAST_DETECTED) == (last_day + timedelta(days=3)).isoformat()
+        missed = [(last_day + timedelta(days=n)).isoformat() for n in (1, 2, 3)]
+
+        # The digest missed on those days becomes one digest, marked late.
+        assert worker.run_job("digest", now=first_morning + timedelta(days=3)) == "ok"
+        assert worker.run_job("digest", now=first_morning + timedelta(days=3, hours=1)) == "ok"
+        assert len(mail_server.messages) == 2
+        late = mail_server.parsed()[1]
+        assert late["X-Loglatent-Days"] == ",".join(missed)
+        assert "(late)" in str(late["Subject"])
+        assert f"{missed[0]} to {missed[-1]}" in str(late["Subject"])
+        assert worker.state.checkpoint(LAST_DIGEST) == missed[-1]
+        digest_runs = worker.state.runs("digest")
+        assert [run["details"]["status"] for run in digest_runs] == ["sent", "sent", "up_to_date"]
+        assert digest_runs[1]["details"]["late"] is True
 
         assert worker.run_job("detect", now=first_morning + timedelta(days=3, hours=2)) == "ok"
         third_run = worker.state.last_run("detect")
@@ -100,7 +141,7 @@ def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, s
     from loglatent.lease import Lease
 
     index_documents(es, index_name, generate(seed=6, days=2, hosts=1).documents)
-    make_config(index_name, extra=f"schedule:\n  state_index: {state_index}\n")
+    make_config(index_name, extra=QUIET.format(state=state_index) + TINY)
     config_file = make_config.last_path
     process = subprocess.Popen([sys.executable, "-m", "loglatent", "--config", str(config_file), "run"],
                                stderr=subprocess.PIPE, text=True)
@@ -110,9 +151,9 @@ def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, s
     while time.monotonic() - started < 60:
         line = process.stderr.readline()
         lines.append(line)
-        if "started; jobs:" in line:
+        if "started; waiting for the next scheduled job" in line:
             break
-    assert any("started; jobs:" in line for line in lines), lines
+    assert any("started; waiting" in line for line in lines), lines
     process.send_signal(signal.SIGTERM)
     assert process.wait(timeout=30) == 0
     rest = process.stderr.read()
@@ -137,3 +178,131 @@ def test_status_shows_runs_and_lease(es: Elasticsearch, index_name: str, make_co
     assert "last_detected_day: none" in printed
     assert "lease: held by status-test" in printed
     assert "model on disk: none" in printed
+
+
+# Real worker processes
+
+
+def wait_for(condition: Callable[[], object], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def start_worker(config_file: Path, log_file: Path, *arguments: str) -> subprocess.Popen[bytes]:
+    with log_file.open("ab") as log:
+        return subprocess.Popen([sys.executable, "-m", "loglatent", "--config", str(config_file), *arguments],
+                                stdout=log, stderr=subprocess.STDOUT)
+
+
+def holder_pid(holder: str) -> int:
+    return int(holder.split(":")[-2])
+
+
+
+def test_two_worker_processes_run_each_job_once(es: Elasticsearch, index_name: str, make_config, state_index: str,  # type: ignore[no-untyped-def]
+                                                mail_server, tmp_path: Path) -> None:
+    today = datetime.now(timezone.utc).date()
+    corpus = generate(seed=8, days=20, hosts=1, start=today - timedelta(days=20))
+    index_documents(es, index_name, corpus.documents)
+    output = f"{index_name}-anomalies"
+    make_config(index_name, extra=QUIET.format(state=state_index) + TINY + mail(mail_server)
+                + f"output:\n  index: {output}\n")
+    config_file = make_config.last_path
+    logs = [tmp_path / "worker-a.log", tmp_path / "worker-b.log"]
+    workers = [start_worker(config_file, log, "run") for log in logs]
+    state = StateStore(es, state_index)
+    try:
+        wait_for(lambda: state.last_run("digest") is not None, 180, "the first worker's catch-up")
+        lease = Lease(es, state_index, "worker", "probe", 6).read()
+        assert lease is not None
+        first = next(w for w in workers if w.pid == holder_pid(lease.holder))
+        second = next(w for w in workers if w is not first)
+        first_holder = lease.holder
+
+        first.send_signal(signal.SIGTERM)
+        assert first.wait(timeout=60) == 0
+        wait_for(lambda: (state.last_run("detect") or {}).get("holder", first_holder) != first_holder, 60,
+                 "the second worker to take over and catch up")
+        second.send_signal(signal.SIGTERM)
+        assert second.wait(timeout=60) == 0
+    finally:
+        for worker in workers:
+            if worker.poll() is None:
+                worker.kill()
+        es.indices.delete(index=output, ignore_unavailable=True)
+
+    runs = state.runs()
+    by_first = [run for run in runs if run["holder"] == first_holder]
+    by_second = [run for run in runs if run["holder"] != first_holder]
+    assert [run["job"] for run in by_first] == ["ingest", "detect", "digest"]
+    assert all(run["outcome"] == "ok" for run in runs), runs
+    assert len({run["holder"] for run in by_second}) == 1
+    # The second worker ran nothing until the first had stopped, then caught up with nothing left to do.
+    assert by_second and min(run["started"] for run in by_second) >= max(run["finished"] for run in by_first), runs
+    assert [run["job"] for run in by_second][:2] == ["ingest", "detect"]
+    assert by_second[0]["details"]["documents"] == 0
+    assert by_second[1]["details"]["days"] == []
+    detected_days = [day for run in runs if run["job"] == "detect" for day in run["details"]["days"]]
+    assert len(detected_days) == len(set(detected_days)) == 2
+    assert len(mail_server.messages) == 1
+    assert state.checkpoint(LAST_DIGEST) == detected_days[-1]
+    # The worker without the lease said once why it waited.
+    second_log = logs[workers.index(second)].read_text()
+    assert second_log.count(f"Waiting: worker {first_holder} holds the lease") == 1
+
+
+def test_worker_killed_during_ingest_resumes_exactly(es: Elasticsearch, index_name: str, make_config,  # type: ignore[no-untyped-def]
+                                                    state_index: str, tmp_path: Path) -> None:
+    corpus = generate(seed=9, days=40, hosts=6)
+    index_documents(es, index_name, corpus.documents)
+    extra = QUIET.format(state=state_index) + TINY
+    killed = make_config(index_name, data_dir="killed", extra=extra, page_size=500, commit_every=2000)
+    config_file = make_config.last_path
+    log_file = tmp_path / "worker.log"
+
+    worker = start_worker(config_file, log_file, "run")
+    store_file = killed.data_dir / "histograms.sqlite"
+
+    def committed() -> int:
+        if not store_file.exists():
+            return 0
+        with sqlite3.connect(f"file:{store_file}?mode=ro", uri=True) as db:
+            try:
+                row = db.execute("SELECT documents FROM checkpoint WHERE id = 1").fetchone()
+            except sqlite3.OperationalError:
+                return 0
+        return 0 if row is None else int(row[0])
+
+    try:
+        wait_for(lambda: committed() > 0, 120, "the first ingest commit")
+        assert worker.poll() is None, log_file.read_text()
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.wait(timeout=30)
+        at_kill = committed()
+        assert 0 < at_kill < len(corpus.documents), "the kill came after the ingest had finished"
+
+        # The restarted worker waits for the dead one's lease to expire, then ingests the rest.
+        restarted = start_worker(config_file, log_file, "run")
+        state = StateStore(es, state_index)
+        wait_for(lambda: (state.last_run("ingest") or {}).get("outcome") == "ok", 120, "the restarted ingest")
+        restarted.send_signal(signal.SIGTERM)
+        assert restarted.wait(timeout=120) == 0
+    finally:
+        for process in (worker, locals().get("restarted")):
+            if process is not None and process.poll() is None:
+                process.kill()
+
+    run = state.last_run("ingest")
+    assert run is not None and run["details"]["documents"] == len(corpus.documents) - at_kill
+    whole = make_config(index_name, data_dir="whole", page_size=500, commit_every=2000)
+    ingest(es, whole)
+    with open_store(whole) as a, open_store(killed) as b:
+        assert [(e.host, e.template_id, e.template) for e in a.events()] == [
+            (e.host, e.template_id, e.template) for e in b.events()]
+        assert [(eid, day, counts.tolist()) for eid, day, counts in a.histograms()] == [
+            (eid, day, counts.tolist()) for eid, day, counts in b.histograms()]
+        assert b.total_count() == len(corpus.documents)

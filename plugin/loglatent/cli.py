@@ -306,7 +306,8 @@ def run(config: Config, once: bool) -> None:
     summary = run_once(client, config)
     click.echo(f"Ingest read {summary.ingest.documents} documents; "
                + (f"trained model {summary.trained.version}; " if summary.trained else "model is current; ")
-               + f"scored {summary.day}")
+               + f"scored {summary.day}"
+               + (f"; trained model {summary.retrained.version} early, for the new events" if summary.retrained else ""))
     if summary.detect is not None:
         _echo_detect(config, summary.detect, 50)
 
@@ -315,12 +316,13 @@ def run(config: Config, once: bool) -> None:
 @pass_config
 def status(config: Config) -> None:
     """Print the last run of each job, the checkpoints, the lease holder and the active model."""
+    from loglatent.digest import LAST_DIGEST
     from loglatent.es import connect
     from loglatent.jobs import active_version
     from loglatent.lease import Lease
     from loglatent.schedule import JOBS
     from loglatent.state import StateStore
-    from loglatent.worker import ACTIVE_MODEL, LAST_DETECTED
+    from loglatent.worker import ACTIVE_MODEL, INGEST_POSITION, LAST_DETECTED
 
     client = connect(config.elasticsearch)
     store = StateStore(client, config.schedule.state_index)
@@ -332,7 +334,7 @@ def status(config: Config) -> None:
         else:
             click.echo(f"  {job:7} {run['outcome']:7} started {run['started']}, finished {run['finished']} "
                        f"by {run.get('holder') or '?'}: {run['details']}")
-    for name in (LAST_DETECTED, ACTIVE_MODEL):
+    for name in (INGEST_POSITION, LAST_DETECTED, LAST_DIGEST, ACTIVE_MODEL):
         click.echo(f"  {name}: {store.checkpoint(name) or 'none'}")
     lease = Lease(client, config.schedule.state_index, "worker", "status", config.schedule.lease_seconds).read()
     if lease is None:
@@ -342,6 +344,124 @@ def status(config: Config) -> None:
         state = "expired" if lease.expires_at < time.time() else "held"
         click.echo(f"  lease: {state} by {lease.holder} until {expiry}")
     click.echo(f"  model on disk: {active_version(config) or 'none'} in {config.data_dir / 'models'}")
+
+
+@cli.command()
+@click.option("--day", type=click.DateTime(formats=["%Y-%m-%d"]),
+              help="Day to report (YYYY-MM-DD). Default: the detected days not yet sent, as the worker does.")
+@click.option("--dry-run", is_flag=True, help="Render the digest without sending it or recording anything.")
+@click.option("--out", type=click.Path(dir_okay=False, path_type=Path),
+              help="With --dry-run: write the HTML digest, pictures embedded, to this file (and the text to FILE.txt).")
+@pass_config
+def digest(config: Config, day: datetime | None, dry_run: bool, out: Path | None) -> None:
+    """Render the email digest and send it, or with --dry-run render it to a file.
+
+    A day whose digest went out already is never sent again.
+    """
+    from loglatent.digest import LAST_DIGEST, gather, render, send_digest
+    from loglatent.es import connect
+    from loglatent.jobs import last_complete_day
+    from loglatent.state import DigestPlan, StateStore, digest_plan
+    from loglatent.worker import LAST_DETECTED
+
+    if out is not None and not dry_run:
+        raise InputError("--out writes a rendered digest and needs --dry-run; without it the digest is sent")
+    if out is not None and not out.parent.is_dir():
+        raise InputError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not exist; create it first")
+    client = connect(config.elasticsearch)
+    today = last_complete_day(config)
+    if day is not None:
+        chosen = day.date().isoformat()
+        plan: DigestPlan | None = DigestPlan([chosen], late=chosen < today)
+    else:
+        state = StateStore(client, config.schedule.state_index)
+        last_detected = state.checkpoint(LAST_DETECTED)
+        if last_detected is None:
+            raise InputError("no day has been detected yet; run detect first, or pass --day")
+        plan = digest_plan(state.checkpoint(LAST_DIGEST), last_detected, today)
+        if plan is None:
+            click.echo(f"The digest is up to date: the last detected day, {last_detected}, was sent. "
+                       "Pass --day to render another day.")
+            return
+    assert plan is not None
+    if dry_run:
+        total, by_method, sources = gather(client, config, plan.days)
+        rendered = render(config, plan, total, by_method, sources, inline_pictures=True)
+        click.echo(f"Subject: {rendered.subject}")
+        if out is None:
+            click.echo(rendered.text, nl=False)
+        else:
+            out.write_text(rendered.html, encoding="utf-8")
+            out.with_suffix(".txt").write_text(rendered.text, encoding="utf-8")
+            click.echo(f"Wrote {out} and {out.with_suffix('.txt')}: {total} anomalies, {len(sources)} listed")
+        return
+    import socket
+
+    state = StateStore(client, config.schedule.state_index)
+    outcome = send_digest(client, config, state, plan, holder=f"{socket.gethostname()}:cli")
+    if outcome.status == "already_sent":
+        records = [state.digest_record(d) or {} for d in plan.days]
+        click.echo("The digest of " + ", ".join(
+            f"{d} went out at {r.get('sent_at', '?')} ({r.get('message_id') or r.get('status', '?')})"
+            for d, r in zip(plan.days, records)) + "; not sending it again")
+    elif outcome.status == "skipped":
+        click.echo(f"No anomalies on {', '.join(outcome.days)}; nothing sent (digest.send_when_empty is false)")
+    else:
+        click.echo(f"Sent the digest of {', '.join(outcome.days)}{' (late)' if outcome.late else ''} to "
+                   f"{', '.join(config.digest.to)}: {outcome.anomalies} anomalies, message {outcome.message_id}")
+
+
+@cli.group()
+def models() -> None:
+    """List the saved model versions, or make an earlier one active again."""
+
+
+@models.command("list")
+@pass_config
+def models_list(config: Config) -> None:
+    """List the saved model versions, newest first, and mark the active one."""
+    from loglatent.jobs import active_version, model_versions, models_dir
+    from loglatent.model import load_metadata
+
+    versions = model_versions(config)
+    if not versions:
+        click.echo(f"No saved models in {models_dir(config)}; run 'loglatent --config FILE train' first")
+        return
+    active = active_version(config)
+    click.echo(f"{'':2}{'version':24} {'trained at (UTC)':20} {'window':24} {'events':>6} {'members':>7} {'epochs':>6}")
+    for version in reversed(versions):
+        metadata = load_metadata(models_dir(config) / version)
+        trained = str(metadata.get("trained_at", "?"))[:19].replace("T", " ")
+        window = f"{metadata.get('train_first_day', '?')} to {metadata.get('train_last_day', '?')}"
+        settings = metadata.get("model", {})
+        click.echo(f"{'* ' if version == active else '  '}{version:24} {trained:20} {window:24} "
+                   f"{len(metadata.get('vocabulary', [])):>6} {len(metadata.get('seeds', [])):>7} "
+                   f"{settings.get('epochs', '?'):>6}")
+    click.echo("* active: detect scores with it")
+
+
+@models.command("activate")
+@click.argument("version")
+@pass_config
+def models_activate(config: Config, version: str) -> None:
+    """Make VERSION the model that detect uses, for example to roll back a training."""
+    from elasticsearch import ApiError, TransportError
+
+    from loglatent.errors import ElasticsearchUnavailable
+    from loglatent.es import connect
+    from loglatent.jobs import activate, active_version
+    from loglatent.state import StateStore
+    from loglatent.worker import ACTIVE_MODEL
+
+    previous = active_version(config)
+    activate(config, version)
+    try:
+        StateStore(connect(config.elasticsearch), config.schedule.state_index).set_checkpoint(ACTIVE_MODEL, version)
+    except (ElasticsearchUnavailable, ApiError, TransportError) as exc:
+        log.warning("Model %s is active on disk, but the state index was not updated (%s); "
+                    "'loglatent status' shows the old version until the next training", version, exc)
+    click.echo(f"Model {version} is active (was {previous or 'none'}). Detect uses it from its next run; "
+               "the next scheduled training replaces it.")
 
 
 @cli.command()

@@ -154,6 +154,9 @@ class ModelConfig(_Section):
     seed: int = Field(default=0, ge=0)
     train_days: int = Field(default=365, ge=7)
     retrain_days: int = Field(default=7, ge=1)
+    # Retrain early, after a detect run, when more than this share of the events seen so far is
+    # missing from the active model's vocabulary.
+    retrain_unseen_share: float = Field(default=0.2, gt=0, le=1)
     keep_versions: int = Field(default=5, ge=1)
 
     @field_validator("encoder_units")
@@ -232,6 +235,53 @@ class ScheduleConfig(_ZonedSection):
     digest: JobSchedule = Field(default_factory=lambda: JobSchedule(cron="0 7 * * *"))
 
 
+class SmtpConfig(_Section):
+    """The mail server that delivers the digest. The user name and password come from the environment."""
+
+    host: str = "localhost"
+    port: int = Field(default=25, ge=1, le=65535)
+    # none: plain SMTP (a local relay); starttls: upgrade after connecting (port 587);
+    # tls: TLS from the first byte (port 465).
+    security: Literal["none", "starttls", "tls"] = "none"
+    timeout_seconds: float = Field(default=30.0, gt=0)
+    # A failed send is tried again this many times, after retry_seconds, then twice that, and so on.
+    retries: int = Field(default=3, ge=0, le=20)
+    retry_seconds: float = Field(default=5.0, ge=0)
+
+
+class DigestConfig(_Section):
+    """The daily email digest: recipients, sender, links and the mail server."""
+
+    # Without recipients the worker sends no digest; 'loglatent digest --dry-run' still renders one.
+    to: list[str] = Field(default_factory=list)
+    sender: str = "loglatent@localhost"
+    subject_prefix: str = "[loglatent]"
+    # Base URL of Kibana, such as 'https://kibana.example.net:5601', for links from the digest.
+    kibana_url: str | None = None
+    # Send a short note on a day without anomalies (true), or nothing (false).
+    send_when_empty: bool = True
+    # The digest lists at most this many anomalies, strongest first, and counts the rest.
+    max_anomalies: int = Field(default=50, ge=1, le=1000)
+    # Folder of digest.html.j2 and digest.txt.j2. Default: the templates/ folder of loglatent.
+    templates_dir: Path | None = None
+    smtp: SmtpConfig = Field(default_factory=SmtpConfig)
+
+    @field_validator("to")
+    @classmethod
+    def _addresses(cls, addresses: list[str]) -> list[str]:
+        for address in addresses:
+            if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
+                raise ValueError(f"expected an email address such as 'noc@example.net', got {address!r}")
+        return addresses
+
+    @field_validator("kibana_url")
+    @classmethod
+    def _kibana_url(cls, url: str | None) -> str | None:
+        if url is not None and not re.match(r"^https?://[^/\s]+", url):
+            raise ValueError(f"expected a URL such as 'https://kibana.example.net:5601', got {url!r}")
+        return None if url is None else url.rstrip("/")
+
+
 class Config(_Section):
     """The whole validated configuration. Runtime state never lives here."""
 
@@ -244,6 +294,7 @@ class Config(_Section):
     model: ModelConfig = Field(default_factory=ModelConfig)
     detection: DetectionConfig = Field(default_factory=DetectionConfig)
     schedule: ScheduleConfig = Field(default_factory=ScheduleConfig)
+    digest: DigestConfig = Field(default_factory=DigestConfig)
     data_dir: Path = Path("data")
 
 
@@ -377,6 +428,9 @@ def _is_secret(location: list[str]) -> bool:
 def _resolve_paths(config: Config, base: Path) -> Config:
     data_dir = config.data_dir if config.data_dir.is_absolute() else base / config.data_dir
     update: dict[str, Any] = {"data_dir": data_dir}
+    templates_dir = config.digest.templates_dir
+    if templates_dir is not None and not templates_dir.is_absolute():
+        update["digest"] = config.digest.model_copy(update={"templates_dir": base / templates_dir})
     ca_certs = config.elasticsearch.ca_certs
     if ca_certs is not None and not ca_certs.is_absolute():
         update["elasticsearch"] = config.elasticsearch.model_copy(update={"ca_certs": base / ca_certs})

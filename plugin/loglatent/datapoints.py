@@ -41,6 +41,14 @@ class DataPoints:
         row = self.counts[self.row_of[event_position, day_position]]
         return [int(value) for value in row.reshape(24, 60).sum(axis=1)]
 
+    def typical_hourly(self, event_position: int, first_position: int, end_position: int) -> list[float]:
+        """Return the mean hourly counts of the event over days ``first_position`` to ``end_position`` (excluded)."""
+        if end_position <= first_position:
+            return [0.0] * 24
+        rows = self.counts[self.row_of[event_position, first_position:end_position]]
+        hourly = rows.reshape(len(rows), 24, 60).sum(axis=2).mean(axis=0)
+        return [round(float(value), 2) for value in hourly]
+
 
 def day_span(first: str, last: str) -> list[str]:
     start, end = date.fromisoformat(first), date.fromisoformat(last)

@@ -31,3 +31,9 @@ class StateError(LoglatentError):
     """The state under ``data_dir`` is unreadable or belongs to another configuration."""
 
     exit_code = 5
+
+
+class DigestError(LoglatentError):
+    """The digest could not be rendered or sent."""
+
+    exit_code = 6

@@ -341,6 +341,7 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
                 count=int(totals[event_position, position]),
                 typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
                 hourly=points.hourly(event_position, position),
+                typical_hourly=points.typical_hourly(event_position, start, position),
             ))
             context.summary.anomalies[f"{method} behaviour"] += 1
 
@@ -378,6 +379,7 @@ def _judge_bursts(context: _RunContext, points: DataPoints) -> None:
                 count=int(totals[event_position, position]),
                 typical_count=float(np.median(history_totals)) if len(history_totals) else 0.0,
                 hourly=points.hourly(event_position, position),
+                typical_hourly=points.typical_hourly(event_position, start, position),
             ))
             context.summary.anomalies["burst"] += 1
 
@@ -400,6 +402,7 @@ def _report_new_events(context: _RunContext, points: DataPoints, method: str) ->
             count=int(totals[event_position, position]),
             typical_count=0.0,
             hourly=points.hourly(event_position, position),
+            typical_hourly=[0.0] * 24,
         ))
         context.summary.anomalies["new_event"] += 1
 
@@ -417,6 +420,7 @@ def _document(
     count: int,
     typical_count: float,
     hourly: list[int],
+    typical_hourly: list[float],
 ) -> dict[str, Any]:
     zone = context.config.source.zone
     is_kl = method == "cvae"
@@ -442,6 +446,7 @@ def _document(
         "count": count,
         "typical_count": typical_count,
         "hourly_counts": hourly,
+        "typical_hourly": typical_hourly,
         "model_version": context.ensemble.version,
         "run_id": context.summary.run_id,
         "detected_at": context.detected_at,
@@ -460,6 +465,7 @@ class RunSummary:
     trained: TrainSummary | None
     detect: DetectSummary | None
     day: str
+    retrained: TrainSummary | None = None
 
 
 def last_complete_day(config: Config, now: datetime | None = None) -> str:
@@ -477,10 +483,43 @@ def model_is_due(config: Config, now: datetime | None = None) -> bool:
     return (now or datetime.now(timezone.utc)) - trained_at >= timedelta(days=config.model.retrain_days)
 
 
+def unseen_share(config: Config, last_day: str) -> tuple[int, int]:
+    """Return how many events seen up to ``last_day`` the active model has not seen, and how many there are."""
+    version = active_version(config)
+    with open_store(config) as store:
+        events = [(event.host, event.template_id) for event in store.events() if event.first_day <= last_day]
+    if version is None:
+        return len(events), len(events)
+    known = {(str(host), int(template_id)) for host, template_id in load_metadata(models_dir(config) / version)["vocabulary"]}
+    return sum(1 for event in events if event not in known), len(events)
+
+
+def early_retrain_reason(config: Config, last_day: str) -> str | None:
+    """Return why the model needs training before its schedule, or None.
+
+    That is when more than ``model.retrain_unseen_share`` of the events seen up to ``last_day``
+    are new to the active model: their days get no verdict until it learns them.
+    """
+    unseen, total = unseen_share(config, last_day)
+    if total and unseen / total > config.model.retrain_unseen_share:
+        return (f"{unseen} of {total} events ({unseen / total:.0%}) are new to model {active_version(config)}, "
+                f"more than model.retrain_unseen_share ({config.model.retrain_unseen_share:.0%})")
+    return None
+
+
 def run_once(client: Elasticsearch, config: Config, now: datetime | None = None) -> RunSummary:
-    """Ingest, train when the model is due, and detect the last complete day."""
+    """Ingest, train when the model is due, and detect the last complete day.
+
+    When the day brought many events the model has not seen, they are reported as new first,
+    and the model is trained again afterwards.
+    """
     ingested = ingest(client, config)
     day = last_complete_day(config, now)
     trained = train(config, last_day=day) if model_is_due(config, now) else None
     detected = detect(client, config, day, day)
-    return RunSummary(ingested, trained, detected, day)
+    retrained = None
+    reason = early_retrain_reason(config, day)
+    if reason is not None:
+        log.info("Training a new model before its schedule: %s", reason)
+        retrained = train(config, last_day=day)
+    return RunSummary(ingested, trained, detected, day, retrained)

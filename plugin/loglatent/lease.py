@@ -27,19 +27,25 @@ STATE_MAPPING: dict[str, Any] = {
         "expires_at": {"type": "double"},
         "acquired_at": {"type": "double"},
         "renewed_at": {"type": "double"},
+        "job": {"type": "keyword"},
+        "started": {"type": "date"},
+        "day": {"type": "keyword"},
+        "status": {"type": "keyword"},
     },
 }
 
 
 def ensure_state_index(client: Elasticsearch, index: str) -> None:
-    """Create the state index with its mapping unless it exists."""
-    if not client.indices.exists(index=index):
-        try:
-            client.indices.create(index=index, mappings=STATE_MAPPING, settings={"number_of_replicas": 0})
-        except BadRequestError as exc:
-            # Another worker created it in the meantime (resource_already_exists_exception).
-            if not client.indices.exists(index=index):
-                raise exc
+    """Create the state index with its mapping, or add the fields a newer loglatent indexes."""
+    if client.indices.exists(index=index):
+        client.indices.put_mapping(index=index, properties=STATE_MAPPING["properties"])
+        return
+    try:
+        client.indices.create(index=index, mappings=STATE_MAPPING, settings={"number_of_replicas": 0})
+    except BadRequestError as exc:
+        # Another worker created it in the meantime (resource_already_exists_exception).
+        if not client.indices.exists(index=index):
+            raise exc
 
 
 @dataclass(frozen=True)

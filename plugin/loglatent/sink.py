@@ -48,6 +48,7 @@ ANOMALY_MAPPING: dict[str, Any] = {
         "count": {"type": "long"},
         "typical_count": {"type": "double"},
         "hourly_counts": {"type": "long"},
+        "typical_hourly": {"type": "float"},
         "model_version": {"type": "keyword"},
         "run_id": {"type": "keyword"},
         "detected_at": {"type": "date"},
@@ -80,6 +81,9 @@ def install_template(client: Elasticsearch, index: str) -> None:
         )
         if not client.indices.exists(index=index):
             client.indices.create(index=index)
+        else:
+            # An index created by an older loglatent gains the fields added since.
+            client.indices.put_mapping(index=index, properties=ANOMALY_MAPPING["properties"])
     except ApiError as exc:
         if "resource_already_exists_exception" in str(exc.body):
             return

@@ -1,8 +1,12 @@
 """The worker's state in Elasticsearch, and the catch-up plan after a first start or downtime.
 
-State lives in one index beside the anomalies (documents ``checkpoint-NAME`` and ``run-JOB``),
-so a worker restarted on another machine with the same configuration continues where the last
-one stopped. The lease document shares the index (``loglatent.lease``).
+State lives in one index beside the anomalies, so a worker restarted on another machine with the
+same configuration continues where the last one stopped. Its documents:
+
+- ``checkpoint-NAME``: the last day detected, the last day in a digest, the active model;
+- ``run-JOB``: the last run of each job, and one ``kind: run`` document per run for the history;
+- ``digest-DAY``: the digest of each day, created before sending so that no day goes out twice;
+- ``lease-worker``: the lease (``loglatent.lease``).
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from elasticsearch import Elasticsearch, NotFoundError
+from elasticsearch import ConflictError, Elasticsearch, NotFoundError
 
 from loglatent.lease import ensure_state_index
 
@@ -36,9 +40,49 @@ class StateStore:
         return self._get(f"run-{job}")
 
     def record_run(self, job: str, started: str, finished: str, outcome: str, details: dict[str, Any],
-                   holder: str = "") -> None:
-        self._put(f"run-{job}", {"kind": "run", "job": job, "started": started, "finished": finished,
-                                 "outcome": outcome, "details": details, "holder": holder})
+                   holder: str = "", trigger: str = "") -> None:
+        """Store a run as the job's last run and add it to the history."""
+        document = {"job": job, "started": started, "finished": finished, "outcome": outcome,
+                    "details": details, "holder": holder, "trigger": trigger}
+        self.client.index(index=self.index, document={"kind": "run", **document})
+        self._put(f"run-{job}", {"kind": "last-run", **document})
+
+    def runs(self, job: str | None = None, limit: int = 1000) -> list[dict[str, Any]]:
+        """Return the recorded runs, of ``job`` or of every job, oldest first."""
+        filters: list[dict[str, Any]] = [{"term": {"kind": "run"}}]
+        if job is not None:
+            filters.append({"term": {"job": job}})
+        self.client.indices.refresh(index=self.index)
+        found = self.client.search(index=self.index, query={"bool": {"filter": filters}},
+                                   sort=[{"started": "asc"}], size=limit)
+        return [dict(hit["_source"]) for hit in found["hits"]["hits"]]
+
+    def claim_digest_days(self, days: list[str], holder: str) -> list[str]:
+        """Mark each of ``days`` as being sent, and return those no digest had claimed before."""
+        claimed = []
+        for day in days:
+            try:
+                self.client.create(index=self.index, id=f"digest-{day}", refresh="wait_for",
+                                   document={"kind": "digest", "day": day, "status": "sending", "holder": holder})
+                claimed.append(day)
+            except ConflictError:
+                continue
+        return claimed
+
+    def finish_digest_days(self, days: list[str], sent: bool, details: dict[str, Any]) -> None:
+        """Record ``days`` as sent, or free them for a later digest when the send failed."""
+        for day in days:
+            if sent:
+                self._put(f"digest-{day}", {"kind": "digest", "day": day, "status": "sent", **details})
+            else:
+                try:
+                    self.client.delete(index=self.index, id=f"digest-{day}", refresh="wait_for")
+                except NotFoundError:
+                    pass
+
+    def digest_record(self, day: str) -> dict[str, Any] | None:
+        """Return the digest record of ``day``: its status, and when sent its message id."""
+        return self._get(f"digest-{day}")
 
     def _get(self, document_id: str) -> dict[str, Any] | None:
         try:
@@ -75,12 +119,15 @@ class DigestPlan:
     late: bool
 
 
-def digest_plan(last_sent: str | None, last_complete: str) -> DigestPlan | None:
-    """Return the one digest to send now, or None when the digest for ``last_complete`` went out.
+def digest_plan(last_sent: str | None, last_ready: str, late_after: str) -> DigestPlan | None:
+    """Return the one digest to send now, or None when the digest for ``last_ready`` went out.
 
-    Missed days become a single digest marked late, never one email per missed day.
+    ``last_ready`` is the last day detected. The digest covers the days after ``last_sent`` up to
+    it, or only ``last_ready`` before the first digest. It is late when it covers a day before
+    ``late_after``, the day an on-time digest covers now. Missed days become a single digest
+    marked late, never one email per missed day.
     """
-    if last_sent is not None and last_sent >= last_complete:
+    if last_sent is not None and last_sent >= last_ready:
         return None
-    days = days_to_detect(last_sent, last_complete, backfill_days=1)
-    return DigestPlan(days, late=len(days) > 1)
+    days = days_to_detect(last_sent, last_ready, backfill_days=1)
+    return DigestPlan(days, late=days[0] < late_after)
