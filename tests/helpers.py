@@ -9,9 +9,9 @@ from elasticsearch import Elasticsearch, helpers
 from loglatent.load import ensure_log_index
 
 
-def index_documents(es: Elasticsearch, index: str, documents: list[dict[str, Any]]) -> None:
+def index_documents(es: Elasticsearch, index: str, documents: list[dict[str, Any]], id_prefix: str = "") -> None:
     ensure_log_index(es, index)
-    actions = ({"_index": index, "_id": str(i), "_source": doc} for i, doc in enumerate(documents))
+    actions = ({"_index": index, "_id": f"{id_prefix}{i}", "_source": doc} for i, doc in enumerate(documents))
     indexed, errors = helpers.bulk(es, actions, raise_on_error=False)
     es.indices.refresh(index=index)
     assert errors == [], errors

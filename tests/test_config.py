@@ -107,3 +107,22 @@ def test_example_config_is_valid() -> None:
     example = Path(__file__).resolve().parent.parent / "config.example.yaml"
     config = load_config(example, environ={"LOGLATENT_ES_PASSWORD": "x"})
     assert config.source.index
+
+
+def test_digest_settings_are_checked(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "digest:\n  to: [noc.example.net]\n  kibana_url: kibana:5601\n"
+                                    "  smtp:\n    security: ssl\n    password: hunter2\n"), environ={})
+    message = str(error.value)
+    assert "digest.to: expected an email address such as 'noc@example.net', got 'noc.example.net'" in message
+    assert "digest.kibana_url: expected a URL" in message
+    assert "digest.smtp.security" in message and "'starttls'" in message
+    assert "digest.smtp.password: unknown key (the mail server's credentials come from the environment" in message
+    assert "hunter2" not in message
+
+
+def test_digest_templates_dir_is_relative_to_the_file(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "digest:\n  templates_dir: mail\n  kibana_url: http://kibana:5601/\n"),
+                         environ={})
+    assert config.digest.templates_dir == tmp_path / "mail"
+    assert config.digest.kibana_url == "http://kibana:5601"

@@ -306,3 +306,91 @@ def test_worker_killed_during_ingest_resumes_exactly(es: Elasticsearch, index_na
         assert [(eid, day, counts.tolist()) for eid, day, counts in a.histograms()] == [
             (eid, day, counts.tolist()) for eid, day, counts in b.histograms()]
         assert b.total_count() == len(corpus.documents)
+
+
+def test_many_new_events_train_early_and_models_roll_back(es: Elasticsearch, index_name: str, make_config,  # type: ignore[no-untyped-def]
+                                                          state_index: str, capsys) -> None:
+    from loglatent.cli import main
+    from loglatent.jobs import active_version, model_versions
+
+    start = date(2024, 3, 1)
+    known = generate(seed=10, days=30, hosts=1, start=start)
+    index_documents(es, index_name, [d for d in known.documents if d["@timestamp"] < "2024-03-28"])
+    output = f"{index_name}-anomalies"
+    config = make_config(index_name, extra=MODEL + f"output:\n  index: {output}\n"
+                         f"schedule:\n  state_index: {state_index}\ndetection:\n  backfill_days: 2\n")
+    worker = Worker(es, config, holder="worker")
+    morning = datetime(2024, 3, 28, 1, tzinfo=timezone.utc)
+    try:
+        assert worker.run_job("ingest") == "ok"
+        assert worker.run_job("detect", now=morning) == "ok"
+        first_version = active_version(config)
+        assert first_version is not None
+        assert "retrained" not in worker.state.runs("detect")[-1]["details"]
+
+        # Two more hosts start logging on 2024-03-28: two thirds of the events are new to the model.
+        newcomers = generate(seed=11, days=2, hosts=3, start=date(2024, 3, 28))
+        index_documents(es, index_name, [d for d in newcomers.documents if d["host"]["name"] != "edge01"],
+                        id_prefix="new-")
+        assert worker.run_job("ingest") == "ok"
+        assert worker.run_job("detect", now=morning + timedelta(days=1)) == "ok"
+        details = worker.state.runs("detect")[-1]["details"]
+        assert details["days"] == ["2024-03-28"]
+        second_version = details["retrained"]
+        assert second_version != first_version
+        assert active_version(config) == second_version
+        # The new events were reported by the model that had not seen them, before the early training.
+        es.indices.refresh(index=output)
+        new_events = es.search(index=output, query={"term": {"reason": "new_event"}}, size=100)["hits"]["hits"]
+        assert {hit["_source"]["host"] for hit in new_events} == {"edge02", "edge03"}
+        assert {hit["_source"]["model_version"] for hit in new_events} == {first_version}
+
+        main(["--config", str(make_config.last_path), "models", "list"])
+        listing = capsys.readouterr().out
+        assert f"* {second_version}" in listing and f"  {first_version}" in listing
+        main(["--config", str(make_config.last_path), "models", "activate", first_version])
+        assert active_version(config) == first_version
+        assert worker.state.checkpoint("active_model") == first_version
+        assert set(model_versions(config)) == {first_version, second_version}
+        with pytest.raises(SystemExit) as exit_info:
+            main(["--config", str(make_config.last_path), "models", "activate", "20990101T000000000000Z"])
+        assert exit_info.value.code == 5
+        assert "not found" in capsys.readouterr().err
+    finally:
+        es.indices.delete(index=output, ignore_unavailable=True)
+
+
+def test_overrun_is_reported(es: Elasticsearch, index_name: str, make_config, state_index: str, caplog) -> None:  # type: ignore[no-untyped-def]
+    import logging
+
+    index_documents(es, index_name, generate(seed=12, days=1, hosts=1).documents)
+    config = make_config(index_name, extra=f"schedule:\n  state_index: {state_index}\n  ingest:\n    cron: '*/10 * * * *'\n")
+
+    class SlowClock(Clock):
+        """Each reading is 15 minutes after the one before: every job seems to take that long."""
+
+        def __call__(self) -> float:
+            self.now += 900
+            return self.now
+
+    worker = Worker(es, config, holder="slow", clock=SlowClock())
+    with caplog.at_level(logging.WARNING, logger="loglatent.worker"):
+        assert worker.run_job("ingest", trigger="schedule") == "ok"
+    warnings = [r.getMessage() for r in caplog.records if "past its next start" in r.getMessage()]
+    assert len(warnings) == 1 and "schedule.ingest.cron" in warnings[0]
+
+
+def test_job_waits_for_running_job(es: Elasticsearch, index_name: str, make_config, state_index: str) -> None:  # type: ignore[no-untyped-def]
+    import threading
+
+    index_documents(es, index_name, generate(seed=13, days=1, hosts=1).documents)
+    config = make_config(index_name, extra=f"schedule:\n  state_index: {state_index}\n")
+    worker = Worker(es, config, holder="one")
+    outcomes: list[str] = []
+    with worker._busy:  # another job of this worker is running
+        waiting = threading.Thread(target=lambda: outcomes.append(worker.run_job("ingest")))
+        waiting.start()
+        waiting.join(timeout=1.0)
+        assert waiting.is_alive() and outcomes == []
+    waiting.join(timeout=60)
+    assert outcomes == ["ok"]

@@ -203,8 +203,9 @@ class JobSchedule(_Section):
     """When one job of the worker runs: a five-field cron expression in ``schedule.timezone``."""
 
     cron: str
-    # A run that could not start on time, because the worker was busy or down, still starts
-    # within this many seconds. After that it is skipped until the next time.
+    # A run the scheduler could not start on time (the process was suspended, or the clock
+    # jumped) still starts within this many seconds. After that it is skipped until the next
+    # time. Runs missed while no worker ran are covered by the catch-up at start instead.
     misfire_grace_seconds: int = Field(default=600, ge=1)
 
     @field_validator("cron")
@@ -375,7 +376,10 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
             close = difflib.get_close_matches(location[-1], allowed, n=1)
             home = _section_with_key(location[-1])
             # A key spelled exactly as in another section is more likely misplaced than misspelled.
-            if home and home != ".".join(location[:-1]):
+            if location[:2] == ["digest", "smtp"] and location[-1] in {"user", "username", "password"}:
+                hint = (" (the mail server's credentials come from the environment variables "
+                        "LOGLATENT_SMTP_USERNAME and LOGLATENT_SMTP_PASSWORD)")
+            elif home and home != ".".join(location[:-1]):
                 hint = f" (it belongs under {home!r})"
             elif close:
                 hint = f" (did you mean {close[0]!r}?)"

@@ -62,16 +62,20 @@ class Worker:
     def run_job(self, job: str, now: datetime | None = None, trigger: str = "manual") -> str:
         """Run ``job`` once if this worker holds the lease, record it, and return its outcome.
 
-        The outcome is ok, failed, waiting (another worker holds the lease), busy (another job
-        of this worker is running) or stopping (the worker received SIGTERM or SIGINT).
+        The outcome is ok, failed, waiting (another worker holds the lease) or stopping (the
+        worker received SIGTERM or SIGINT). A job that fires while another job of this worker runs
+        waits for it to finish: detect at 00:30 must not be dropped because ingest also runs then.
         """
         if self.stopping.is_set():
             return "stopping"
-        if not self._hold_lease():
-            return "waiting"
-        if not self._busy.acquire(blocking=False):
-            log.warning("Not running %s: another job of this worker is still running", job)
-            return "busy"
+        with self._busy:
+            if self.stopping.is_set():
+                return "stopping"
+            if not self._hold_lease():
+                return "waiting"
+            return self._run_holding_lease(job, now, trigger)
+
+    def _run_holding_lease(self, job: str, now: datetime | None, trigger: str) -> str:
         started = self.clock()
         try:
             details = _JOBS[job](self, now or datetime.now(timezone.utc))
@@ -79,8 +83,9 @@ class Worker:
         except LoglatentError as exc:
             details, outcome = {"error": str(exc)}, "failed"
             log.error("Job %s failed: %s", job, exc)
-        finally:
-            self._busy.release()
+        except Exception as exc:  # noqa: BLE001 - the worker records the failure and lives on
+            details, outcome = {"error": f"{type(exc).__name__}: {exc}"}, "failed"
+            log.exception("Job %s failed unexpectedly; the next run tries again", job)
         finished = self.clock()
         self.state.record_run(job, _iso(started), _iso(finished), outcome, details, holder=self.holder,
                               trigger=trigger)
