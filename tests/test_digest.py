@@ -70,7 +70,8 @@ def digest_config(make_config, index_name: str, output: str, state: str, mail_se
 def parts(message: EmailMessage) -> tuple[str, str, list[EmailMessage]]:
     text = message.get_body(preferencelist=("plain",))
     html = message.get_body(preferencelist=("html",))
-    assert text is not None and html is not None
+    assert text is not None
+    assert html is not None
     images = [part for part in message.walk() if part.get_content_type() == "image/png"]
     return text.get_content(), html.get_content(), images  # type: ignore[union-attr]
 
@@ -88,7 +89,8 @@ def test_digest_arrives_escaped_encoded_and_with_pictures(es, index_name, output
     state = StateStore(es, state_index)
 
     outcome = send_digest(es, config, state, DigestPlan([day], late=False), holder="test")
-    assert outcome.status == "sent" and outcome.anomalies == 3
+    assert outcome.status == "sent"
+    assert outcome.anomalies == 3
     assert len(mail_server.messages) == 1
     assert mail_server.envelopes[0] == ("loglatent@example.net", ["noc@example.net", "oncall@example.net"])
 
@@ -106,7 +108,8 @@ def test_digest_arrives_escaped_encoded_and_with_pictures(es, index_name, output
     assert "&lt;script&gt;alert(1)&lt;/script&gt;" in html
     assert "not in this digest" not in text
     assert "burst 1, cvae 2." in text
-    assert "7 of 10 models agree" in text and "7 of 10 models agree" in html
+    assert "7 of 10 models agree" in text
+    assert "7 of 10 models agree" in html
 
     # Each listed anomaly has its picture, attached and referenced by Content-ID.
     assert len(images) == 3
@@ -120,7 +123,9 @@ def test_digest_arrives_escaped_encoded_and_with_pictures(es, index_name, output
     assert "http://kibana.example.net:5601/app/dashboards#/view/loglatent-overview" in text
 
     record = state.digest_record(day)
-    assert record is not None and record["status"] == "sent" and record["message_id"] == str(message["Message-ID"])
+    assert record is not None
+    assert record["status"] == "sent"
+    assert record["message_id"] == str(message["Message-ID"])
     assert state.checkpoint(LAST_DIGEST) == day
 
     # The same day again: nothing more is delivered.
@@ -184,7 +189,8 @@ def test_digest_command_dry_run_and_send(es, index_name, output_index, state_ind
     out = tmp_path / "digest.html"
     main(["--config", config_file, "digest", "--day", day, "--dry-run", "--out", str(out)])
     html = out.read_text(encoding="utf-8")
-    assert "data:image/png;base64," in html and "cid:" not in html
+    assert "data:image/png;base64," in html
+    assert "cid:" not in html
     assert "&lt;script&gt;" in html
     assert SCRIPT in out.with_suffix(".txt").read_text(encoding="utf-8")
     assert mail_server.messages == []

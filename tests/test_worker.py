@@ -250,7 +250,7 @@ def test_two_worker_processes_run_each_job_once(es: Elasticsearch, index_name: s
     assert len(detected_days) == len(set(detected_days)) == 2
     assert len(mail_server.messages) == 1
     assert state.checkpoint(LAST_DIGEST) == detected_days[-1]
-    # The worker without the lease said once why it waited.
+    # The worker without the lease logged once why it waited.
     second_log = logs[workers.index(second)].read_text()
     assert second_log.count(f"Waiting: worker {first_holder} holds the lease") == 1
 
@@ -297,7 +297,8 @@ def test_worker_killed_during_ingest_resumes_exactly(es: Elasticsearch, index_na
                 process.kill()
 
     run = state.last_run("ingest")
-    assert run is not None and run["details"]["documents"] == len(corpus.documents) - at_kill
+    assert run is not None
+    assert run["details"]["documents"] == len(corpus.documents) - at_kill
     whole = make_config(index_name, data_dir="whole", page_size=500, commit_every=2000)
     ingest(es, whole)
     with open_store(whole) as a, open_store(killed) as b:
@@ -347,7 +348,8 @@ def test_many_new_events_train_early_and_models_roll_back(es: Elasticsearch, ind
 
         main(["--config", str(make_config.last_path), "models", "list"])
         listing = capsys.readouterr().out
-        assert f"* {second_version}" in listing and f"  {first_version}" in listing
+        assert f"* {second_version}" in listing
+        assert f"  {first_version}" in listing
         main(["--config", str(make_config.last_path), "models", "activate", first_version])
         assert active_version(config) == first_version
         assert worker.state.checkpoint("active_model") == first_version
@@ -377,7 +379,8 @@ def test_overrun_is_reported(es: Elasticsearch, index_name: str, make_config, st
     with caplog.at_level(logging.WARNING, logger="loglatent.worker"):
         assert worker.run_job("ingest", trigger="schedule") == "ok"
     warnings = [r.getMessage() for r in caplog.records if "past its next start" in r.getMessage()]
-    assert len(warnings) == 1 and "schedule.ingest.cron" in warnings[0]
+    assert len(warnings) == 1
+    assert "schedule.ingest.cron" in warnings[0]
 
 
 def test_job_waits_for_running_job(es: Elasticsearch, index_name: str, make_config, state_index: str) -> None:  # type: ignore[no-untyped-def]
@@ -391,6 +394,7 @@ def test_job_waits_for_running_job(es: Elasticsearch, index_name: str, make_conf
         waiting = threading.Thread(target=lambda: outcomes.append(worker.run_job("ingest")))
         waiting.start()
         waiting.join(timeout=1.0)
-        assert waiting.is_alive() and outcomes == []
+        assert waiting.is_alive()
+        assert outcomes == []
     waiting.join(timeout=60)
     assert outcomes == ["ok"]

@@ -84,7 +84,7 @@ class Digest:
 
 @dataclass
 class DigestOutcome:
-    """What one digest run did: the days it covered, and whether and how it was sent."""
+    """Outcome of one digest run: the days it covered, and whether and how it was sent."""
 
     days: list[str]
     late: bool
@@ -273,12 +273,12 @@ def send(config: Config, message: EmailMessage, sleep: Callable[[float], None] =
             return
         except smtplib.SMTPResponseException as exc:
             if 500 <= exc.smtp_code < 600:
-                raise DigestError(f"the mail server {smtp.host}:{smtp.port} refused the digest: {exc.smtp_code} "
+                raise DigestError(f"the mail server {smtp.host}:{smtp.port} rejected the digest: {exc.smtp_code} "
                                   f"{_text(exc.smtp_error)}; check digest.to, digest.sender and the SMTP "
                                   "credentials") from None
             problem = f"{exc.smtp_code} {_text(exc.smtp_error)}"
         except smtplib.SMTPRecipientsRefused as exc:
-            raise DigestError(f"the mail server {smtp.host}:{smtp.port} refused every recipient "
+            raise DigestError(f"the mail server {smtp.host}:{smtp.port} rejected every recipient "
                               f"({', '.join(exc.recipients)}); check digest.to") from None
         except (smtplib.SMTPException, OSError) as exc:
             problem = str(exc) or type(exc).__name__
