@@ -12,7 +12,7 @@ from elasticsearch import Elasticsearch, helpers
 from helpers import index_documents
 from loglatent.config import Config
 from loglatent.jobs import detect, run_once, train
-from loglatent.ingest import ingest
+from loglatent.ingest import ingest, open_store
 from loglatent.synthetic import generate, kind_of
 
 MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 60\n"
@@ -29,7 +29,7 @@ def output(es: Elasticsearch, index_name: str, corpus) -> Iterator[str]:  # type
     index_documents(es, index_name, corpus.documents)
     name = f"{index_name}-anomalies"
     yield name
-    es.indices.delete(index=name, ignore_unavailable=True)
+    es.indices.delete(index=f"{name},{name}-scores", ignore_unavailable=True)
 
 
 def trained_config(es: Elasticsearch, make_config, index: str, output: str, extra: str = "", **options: str) -> Config:  # type: ignore[no-untyped-def]
@@ -179,3 +179,23 @@ def test_burst_method_flags_burst_day(es: Elasticsearch, index_name: str, make_c
     assert all(d["_source"]["method"] == "burst" for d in summary.documents)
     assert all(d["_source"]["count"] > 0 for d in summary.documents)
     assert summary.write.written == len(summary.documents)
+
+
+def test_scores_cover_every_event_day(es: Elasticsearch, index_name: str, make_config, corpus, output: str) -> None:  # type: ignore[no-untyped-def]
+    config = trained_config(es, make_config, index_name, output)
+    scores_index = config.output.scores
+    assert scores_index == f"{output}-scores"
+    try:
+        summary = detect(es, config, corpus.last_day, corpus.last_day)
+        es.indices.refresh(index=scores_index)
+        hits = es.search(index=scores_index, size=1000, query={"term": {"day": corpus.last_day}})["hits"]["hits"]
+        with open_store(config) as store:
+            events = store.events()
+        assert len(hits) == len(events)
+        flagged = {hit["_source"]["event"] for hit in hits if hit["_source"]["anomalous"]}
+        behaviour = {doc["_source"]["event"] for doc in summary.documents if doc["_source"]["reason"] == "behaviour"}
+        assert flagged == behaviour
+        assert all(hit["_source"]["kl"] == hit["_source"]["score"] for hit in hits)
+        assert {hit["_source"]["model_version"] for hit in hits} == {summary.model_version}
+    finally:
+        es.indices.delete(index=scores_index, ignore_unavailable=True)

@@ -129,7 +129,7 @@ def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: st
         assert third_run is not None
         assert third_run["details"]["days"] == []
     finally:
-        es.indices.delete(index=output, ignore_unavailable=True)
+        es.indices.delete(index=f"{output},{output}-scores", ignore_unavailable=True)
 
 
 def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, state_index: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
@@ -233,7 +233,7 @@ def test_two_worker_processes_run_each_job_once(es: Elasticsearch, index_name: s
         for worker in workers:
             if worker.poll() is None:
                 worker.kill()
-        es.indices.delete(index=output, ignore_unavailable=True)
+        es.indices.delete(index=f"{output},{output}-scores", ignore_unavailable=True)
 
     runs = state.runs()
     by_first = [run for run in runs if run["holder"] == first_holder]
@@ -359,7 +359,7 @@ def test_many_new_events_train_early_and_models_roll_back(es: Elasticsearch, ind
         assert exit_info.value.code == 5
         assert "not found" in capsys.readouterr().err
     finally:
-        es.indices.delete(index=output, ignore_unavailable=True)
+        es.indices.delete(index=f"{output},{output}-scores", ignore_unavailable=True)
 
 
 def test_overrun_is_reported(es: Elasticsearch, index_name: str, make_config, state_index: str, caplog) -> None:  # type: ignore[no-untyped-def]

@@ -464,6 +464,39 @@ def models_activate(config: Config, version: str) -> None:
                "the next scheduled training replaces it.")
 
 
+@cli.group()
+def kibana() -> None:
+    """Install the loglatent dashboard, saved search and data views in Kibana."""
+
+
+@kibana.command("import")
+@click.option("--url", help="Kibana base URL, such as http://127.0.0.1:5601. Default: digest.kibana_url.")
+@click.option("--space", help="Kibana space to import into. Default: the default space.")
+@click.option("--file", "bundle", type=click.Path(exists=True, dir_okay=False, path_type=Path),
+              help="NDJSON bundle of saved objects. Default: kibana/loglatent.ndjson of loglatent.")
+@pass_config
+def kibana_import(config: Config, url: str | None, space: str | None, bundle: Path | None) -> None:
+    """Import the saved objects, overwriting earlier copies, with the data views pointed at output.index.
+
+    Credentials come from LOGLATENT_KIBANA_API_KEY, or LOGLATENT_KIBANA_USERNAME and
+    LOGLATENT_KIBANA_PASSWORD.
+    """
+    from loglatent.errors import KibanaError
+    from loglatent.kibana import BUNDLE, for_indices, import_objects, read_bundle
+
+    url = url or config.digest.kibana_url
+    if not url:
+        raise InputError("no Kibana URL: pass --url, or set digest.kibana_url in the configuration")
+    objects = for_indices(read_bundle(bundle or BUNDLE), config.output.index, config.output.scores)
+    result = import_objects(url, objects, space)
+    click.echo(f"Kibana {result.version}: imported {result.imported} of {len(objects)} objects"
+               + (f" into space {space}" if space else ""))
+    for failure in result.failed:
+        click.echo(f"  failed: {failure}", err=True)
+    if result.failed:
+        raise KibanaError(f"{len(result.failed)} of {len(objects)} objects failed to import; see the list above")
+
+
 @cli.command()
 @click.option("--methods", default="cvae,pca,burst", show_default=True,
               help="Comma-separated methods to compare: cvae, pca, burst.")
@@ -577,6 +610,11 @@ def _echo_detect(config: Config, summary: Any, limit: int) -> None:
     click.echo(f"Wrote {write.written} documents to {config.output.index}, deleted {write.deleted} stale ones")
     if write.failed:
         _echo_counter("Failed to write", write.failed)
+    scores = summary.scores_write
+    if scores.written or scores.failed:
+        click.echo(f"Wrote {scores.written} score documents (one per event and day) to {config.output.scores}")
+    if scores.failed:
+        _echo_counter("Failed to write scores", scores.failed)
     rows = sorted((doc["_source"] for doc in summary.documents), key=_strength, reverse=True)
     limit = len(rows) if limit < 0 else limit
     if limit and rows:
@@ -589,8 +627,9 @@ def _echo_detect(config: Config, summary: Any, limit: int) -> None:
                        f"{source['typical_count']:>7.0f}  {votes:>5}  {source['template'][:90]}")
         if len(rows) > limit:
             click.echo(f"... and {len(rows) - limit} more in {config.output.index} (Kibana, or --limit -1 here)")
-    if write.failed:
-        raise LoglatentError(f"{sum(write.failed.values())} anomaly documents were not written; see the reasons above")
+    if write.failed or scores.failed:
+        raise LoglatentError(f"{sum(write.failed.values())} anomaly and {sum(scores.failed.values())} score documents "
+                             "were not written; see the reasons above")
 
 
 def _strength(source: dict[str, Any]) -> tuple[float, float]:

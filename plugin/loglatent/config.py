@@ -102,9 +102,19 @@ class SourceConfig(_ZonedSection):
 
 
 class OutputConfig(_Section):
-    """Destination index of the anomaly documents."""
+    """Destination indices: the anomaly documents, and every event's score per day."""
 
     index: str = "loglatent-anomalies"
+    # One document per event, day and method with the day's score (the KL value for cvae) and
+    # the verdict, for the dashboard's score chart. Default: the anomaly index's name plus
+    # '-scores'. Set write_scores to false to skip them.
+    scores_index: str | None = None
+    write_scores: bool = True
+
+    @property
+    def scores(self) -> str:
+        """Return the name of the score index."""
+        return self.scores_index or f"{self.index}-scores"
 
 
 class HostsConfig(_Section):

@@ -37,3 +37,9 @@ class DigestError(LoglatentError):
     """The digest could not be rendered or sent."""
 
     exit_code = 6
+
+
+class KibanaError(LoglatentError):
+    """Kibana cannot be reached, is too old, or rejected the import."""
+
+    exit_code = 7

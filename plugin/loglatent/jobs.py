@@ -26,7 +26,7 @@ from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
 from loglatent.model import Ensemble, load_ensemble, load_metadata, save_ensemble, score_kl, train_ensemble
 from loglatent.pca import fit_pca, from_arrays, reconstruction_error, to_arrays
-from loglatent.sink import WriteSummary, anomaly_id, install_template, replace_days
+from loglatent.sink import SCORES_MAPPING, WriteSummary, anomaly_id, install_template, replace_days
 
 log = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ class DetectSummary:
     last_day_with_data: str = ""
     anomalies: Counter[str] = field(default_factory=Counter)
     documents: list[dict[str, Any]] = field(default_factory=list)
+    scores: list[dict[str, Any]] = field(default_factory=list)
     write: WriteSummary = field(default_factory=WriteSummary)
+    scores_write: WriteSummary = field(default_factory=WriteSummary)
     seconds: float = 0.0
 
 
@@ -215,14 +217,18 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
     summary.write = replace_days(
         client, config.output.index, summary.documents, scored_days, list(config.detection.methods)
     )
+    if config.output.write_scores and summary.scores:
+        install_template(client, config.output.scores, SCORES_MAPPING)
+        summary.scores_write = replace_days(client, config.output.scores, summary.scores, [], [], kind="score")
     summary.seconds = time.monotonic() - started
     log.info(
-        "Detect wrote %d anomaly documents (%s) for %s to %s with model %s in %.1f s; "
+        "Detect wrote %d anomaly documents (%s) and %d score documents for %s to %s with model %s in %.1f s; "
         "%d stale deleted, %d failed, %d days without enough history",
         summary.write.written,
         ", ".join(f"{reason}: {count}" for reason, count in sorted(summary.anomalies.items())) or "none",
-        first_day, last_day, ensemble.version, summary.seconds,
-        summary.write.deleted, sum(summary.write.failed.values()), len(summary.days_without_history),
+        summary.scores_write.written, first_day, last_day, ensemble.version, summary.seconds,
+        summary.write.deleted, sum(summary.write.failed.values()) + sum(summary.scores_write.failed.values()),
+        len(summary.days_without_history),
     )
     return summary
 
@@ -320,6 +326,7 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
             continue
         if day not in context.summary.days_scored:
             context.summary.days_scored.append(day)
+        _add_scores(context, points, scores, judgement, index, position, method)
         start = max(0, position - config.history_days + 1)
         for event_position in (int(e) for e in np.flatnonzero(judgement.anomalous[index])):
             member_windows = judgement.scale[:, event_position, start:position + 1]
@@ -344,6 +351,38 @@ def _judge_days(context: _RunContext, points: DataPoints, scores: np.ndarray, me
                 typical_hourly=points.typical_hourly(event_position, start, position),
             ))
             context.summary.anomalies[f"{method} behaviour"] += 1
+
+
+def _add_scores(context: _RunContext, points: DataPoints, scores: np.ndarray, judgement: Judgement, index: int,
+                position: int, method: str) -> None:
+    """Add one score document per event for the day at ``position``: its mean score and the verdict."""
+    if not context.config.output.write_scores:
+        return
+    day = points.days[position]
+    timestamp = datetime.combine(date.fromisoformat(day), clock_time(0), tzinfo=context.config.source.zone).isoformat()
+    totals = points.counts[points.row_of[:, position]].sum(axis=1)
+    means = scores[:, :, position].mean(axis=0)
+    for event_position, event in enumerate(points.events):
+        score = float(means[event_position])
+        context.summary.scores.append({
+            "_id": anomaly_id(method, day, event.host, event.template_id),
+            "_source": {
+                "@timestamp": timestamp,
+                "day": day,
+                "host": event.host,
+                "template_id": event.template_id,
+                "event": f"{event.host}/{event.template_id}",
+                "method": method,
+                "score": score,
+                "kl": score if method == "cvae" else None,
+                "anomalous": bool(judgement.anomalous[index, event_position]),
+                "votes": int(judgement.votes[index, event_position]),
+                "ensemble_size": int(scores.shape[0]),
+                "count": int(totals[event_position]),
+                "model_version": context.ensemble.version,
+                "run_id": context.summary.run_id,
+            },
+        })
 
 
 def _judge_bursts(context: _RunContext, points: DataPoints) -> None:

@@ -56,6 +56,27 @@ ANOMALY_MAPPING: dict[str, Any] = {
 }
 
 
+SCORES_MAPPING: dict[str, Any] = {
+    "dynamic": "strict",
+    "properties": {
+        "@timestamp": {"type": "date"},
+        "day": {"type": "keyword"},
+        "host": {"type": "keyword"},
+        "template_id": {"type": "long"},
+        "event": {"type": "keyword"},
+        "method": {"type": "keyword"},
+        "score": {"type": "double"},
+        "kl": {"type": "double"},
+        "anomalous": {"type": "boolean"},
+        "votes": {"type": "integer"},
+        "ensemble_size": {"type": "integer"},
+        "count": {"type": "long"},
+        "model_version": {"type": "keyword"},
+        "run_id": {"type": "keyword"},
+    },
+}
+
+
 @dataclass
 class WriteSummary:
     """Outcome of one write: documents written and deleted, failures by reason."""
@@ -69,21 +90,21 @@ def anomaly_id(method: str, day: str, host: str, template_id: int) -> str:
     return hashlib.sha1(f"{method}|{day}|{host}|{template_id}".encode()).hexdigest()
 
 
-def install_template(client: Elasticsearch, index: str) -> None:
+def install_template(client: Elasticsearch, index: str, mapping: dict[str, Any] = ANOMALY_MAPPING) -> None:
     """Install (or update) the index template for ``index`` and create the index if it is missing."""
     try:
         client.indices.put_index_template(
             name=f"{TEMPLATE_NAME}-{index}" if index != TEMPLATE_NAME else TEMPLATE_NAME,
             index_patterns=[index],
             priority=200,
-            template={"settings": {"number_of_replicas": 0 if _single_node(client) else 1}, "mappings": ANOMALY_MAPPING},
+            template={"settings": {"number_of_replicas": 0 if _single_node(client) else 1}, "mappings": mapping},
             meta={"managed_by": "loglatent"},
         )
         if not client.indices.exists(index=index):
             client.indices.create(index=index)
         else:
             # An index created by an older loglatent gains the fields added since.
-            client.indices.put_mapping(index=index, properties=ANOMALY_MAPPING["properties"])
+            client.indices.put_mapping(index=index, properties=mapping["properties"])
     except ApiError as exc:
         if "resource_already_exists_exception" in str(exc.body):
             return
@@ -109,6 +130,7 @@ def replace_days(
     methods: Iterable[str],
     max_attempts: int = 5,
     initial_backoff: float = 1.0,
+    kind: str = "anomaly",
 ) -> WriteSummary:
     """Write ``documents`` and delete older documents of ``days`` and ``methods`` that are not among them.
 
@@ -140,15 +162,15 @@ def replace_days(
                 summary.failed[_reason(status, result)] += 1
         if not retry:
             break
-        log.warning("Retrying %d of %d anomaly writes to %s in %.0f s (attempt %d of %d)",
-                    len(retry), len(actions), index, backoff, attempt + 1, max_attempts)
+        log.warning("Retrying %d of %d %s writes to %s in %.0f s (attempt %d of %d)",
+                    len(retry), len(actions), kind, index, backoff, attempt + 1, max_attempts)
         time.sleep(backoff)
         backoff *= 2
         actions = retry
 
     client.indices.refresh(index=index)
     for reason, count in summary.failed.items():
-        log.error("Failed to write %d anomaly documents to %s: %s", count, index, reason)
+        log.error("Failed to write %d %s documents to %s: %s", count, kind, index, reason)
     return summary
 
 
