@@ -1,9 +1,9 @@
 """The Kibana saved objects in kibana/ and the import command.
 
-Kibana itself cannot run on the test machine (it is not on any package registry reachable
-here), so these tests stop at its boundary: the bundle is checked against the index mappings and
-against itself, and the import is sent to a local HTTP server that records each request and
-answers as the saved objects API documents.
+Kibana itself cannot run on the test machine, because no package registry reachable there
+serves it. These tests stop at its boundary. They check the bundle against the index mappings and
+against itself, and send the import to a local HTTP server that records each request and returns
+responses shaped like those of Kibana's saved objects API.
 """
 
 from __future__ import annotations
@@ -99,7 +99,7 @@ def test_data_views_follow_configured_indices() -> None:
 
 
 class RecordingKibana:
-    """A local HTTP server that records requests and answers like Kibana's status and import APIs."""
+    """A local HTTP server that records requests and responds like Kibana's status and import APIs."""
 
     def __init__(self, version: str, import_answer: dict[str, Any]) -> None:
         self.requests: list[dict[str, Any]] = []

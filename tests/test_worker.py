@@ -146,17 +146,21 @@ def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, s
     process = subprocess.Popen([sys.executable, "-m", "loglatent", "--config", str(config_file), "run"],
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
-    started = time.monotonic()
-    lines = []
-    while time.monotonic() - started < 60:
-        line = process.stderr.readline()
-        lines.append(line)
-        if "started; waiting for the next scheduled job" in line:
-            break
-    assert any("started; waiting" in line for line in lines), lines
-    process.send_signal(signal.SIGTERM)
-    assert process.wait(timeout=30) == 0
-    rest = process.stderr.read()
+    try:
+        started = time.monotonic()
+        lines = []
+        while time.monotonic() - started < 60:
+            line = process.stderr.readline()
+            lines.append(line)
+            if "started; waiting for the next scheduled job" in line or not line:
+                break
+        assert any("started; waiting" in line for line in lines), lines
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=30) == 0
+        rest = process.stderr.read()
+    finally:
+        if process.poll() is None:
+            process.kill()
     assert "Received SIGTERM" in rest
     assert "stopped" in rest
     assert Lease(es, state_index, "worker", "probe", 60).read() is None
