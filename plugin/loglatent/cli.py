@@ -371,8 +371,8 @@ def digest(config: Config, day: datetime | None, dry_run: bool, out: Path | None
     client = connect(config.elasticsearch)
     today = last_complete_day(config)
     if day is not None:
-        chosen = day.date().isoformat()
-        plan: DigestPlan | None = DigestPlan([chosen], late=chosen < today)
+        # A day asked for by name is a report on request, not a scheduled digest that came late.
+        plan: DigestPlan | None = DigestPlan([day.date().isoformat()], late=False)
     else:
         state = StateStore(client, config.schedule.state_index)
         last_detected = state.checkpoint(LAST_DETECTED)

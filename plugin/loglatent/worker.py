@@ -22,7 +22,7 @@ from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
-from elasticsearch import Elasticsearch
+from elasticsearch import ApiError, Elasticsearch, TransportError
 
 from loglatent.config import Config
 from loglatent.digest import LAST_DIGEST
@@ -57,6 +57,7 @@ class Worker:
         self._holding = False
         self._reported_waiting = False
         self._catching_up = threading.Lock()
+        self._lease_error_reported = False
         self.stopping = threading.Event()
 
     def run_job(self, job: str, now: datetime | None = None, trigger: str = "manual") -> str:
@@ -119,7 +120,18 @@ class Worker:
 
     def keep_lease(self) -> None:
         """Renew the lease, or take it when it is free, and catch up after taking it."""
-        if self.lease.renew():
+        try:
+            renewed = self.lease.renew()
+        except (ApiError, TransportError) as exc:
+            if not self._lease_error_reported:
+                log.warning("Cannot renew the lease in %s: %s; trying again every %d s",
+                            self.config.schedule.state_index, exc, max(1, self.config.schedule.lease_seconds // 3))
+                self._lease_error_reported = True
+            return
+        if self._lease_error_reported:
+            log.info("Elasticsearch is reachable again; the lease is checked as before")
+            self._lease_error_reported = False
+        if renewed:
             return
         had_lease = self._holding
         if had_lease:
