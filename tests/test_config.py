@@ -37,7 +37,7 @@ def test_misplaced_key_is_rejected(tmp_path: Path) -> None:
 
 
 def test_top_level_key_points_to_its_section(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match=r"timezone: unknown key \(it belongs under 'source'\)"):
+    with pytest.raises(ConfigError, match=r"timezone: unknown key \(it belongs under one of 'source', 'schedule'\)"):
         load_config(write(tmp_path, "timezone: UTC\n"), environ={})
 
 
@@ -114,7 +114,8 @@ def test_digest_settings_are_checked(tmp_path: Path) -> None:
         load_config(write(tmp_path, "digest:\n  to: [noc.example.net]\n  kibana_url: kibana:5601\n"
                                     "  smtp:\n    security: ssl\n    password: hunter2\n"), environ={})
     message = str(error.value)
-    assert "digest.to: expected an email address such as 'noc@example.net', got 'noc.example.net'" in message
+    assert "digest.to: expected an email address such as 'noc@example.net'" in message
+    assert "got 'noc.example.net'" in message
     assert "digest.kibana_url: expected a URL" in message
     assert "digest.smtp.security" in message and "'starttls'" in message
     assert "digest.smtp.password: unknown key (the mail server's credentials come from the environment" in message
@@ -126,3 +127,28 @@ def test_digest_templates_dir_is_relative_to_the_file(tmp_path: Path) -> None:
                          environ={})
     assert config.digest.templates_dir == tmp_path / "mail"
     assert config.digest.kibana_url == "http://kibana:5601"
+
+
+def test_duplicate_key_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "schedule:\n  state_index: a\nsource:\n  index: x\nschedule:\n  lease_seconds: 30\n"),
+                    environ={})
+    assert "the key 'schedule' appears twice" in str(error.value)
+
+
+def test_shape_errors_show_the_expected_form(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "schedule:\n  ingest: '*/5 * * * *'\ndigest:\n  to: noc@example.net\n"
+                                    "  sender: not an address\n"), environ={})
+    message = str(error.value)
+    assert "schedule.ingest: expected a section (a mapping with keys cron, misfire_grace_seconds) such as" in message
+    assert "digest.to: expected a list such as ['noc@example.net']" in message
+    assert "digest.sender: expected an email address" in message
+
+
+def test_display_names_and_zone_abbreviations(tmp_path: Path) -> None:
+    config = load_config(write(tmp_path, "digest:\n  to: ['NOC <noc@example.net>']\n"), environ={})
+    assert config.digest.to == ["NOC <noc@example.net>"]
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "source:\n  timezone: CEST\n"), environ={})
+    assert "an abbreviation such as CEST names one season's offset" in str(error.value)

@@ -187,6 +187,14 @@ def test_digest_command_dry_run_and_send(es, index_name, output_index, state_ind
     config_file = str(make_config.last_path)
 
     out = tmp_path / "digest.html"
+    # A day without verdicts yet would go out empty and block its real digest: rejected.
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config", config_file, "digest", "--day", day])
+    assert exit_info.value.code == 4
+    assert f"{day} has not been detected yet" in capsys.readouterr().err
+    assert mail_server.messages == []
+    StateStore(es, state_index).mark_detected([day], "20240101T000000000000Z")
+
     main(["--config", config_file, "digest", "--day", day, "--dry-run", "--out", str(out)])
     html = out.read_text(encoding="utf-8")
     assert "data:image/png;base64," in html

@@ -92,4 +92,5 @@ def test_misplaced_grace_time_rejected(tmp_path: Path) -> None:
         load_config(write(tmp_path, "schedule:\n  misfire_grace_seconds: 60\n"), environ={})
     message = str(error.value)
     assert "schedule.misfire_grace_seconds: unknown key" in message
-    assert "it belongs under 'schedule.ingest'" in message
+    assert ("it belongs under one of 'schedule.ingest', 'schedule.detect', 'schedule.train', 'schedule.digest'"
+            in message)

@@ -243,6 +243,7 @@ def train(config: Config, last_day: datetime | None) -> None:
     from loglatent.jobs import train as run_train
 
     summary = run_train(config, last_day.date().isoformat() if last_day else None)
+    _record_active_model(config, summary.version)
     click.echo(f"Trained model {summary.version} on {summary.first_day} to {summary.last_day}: "
                f"{summary.events} events, {summary.data_points} data points ({summary.distinct_data_points} distinct), "
                f"{len(summary.final_loss)} members in {summary.seconds:.1f} s")
@@ -301,9 +302,17 @@ def run(config: Config, once: bool) -> None:
         Worker(client, config).serve()
         return
 
-    from loglatent.jobs import run_once
+    import os
+    import socket
 
-    summary = run_once(client, config)
+    from loglatent.jobs import run_once
+    from loglatent.lease import HeldLease, Lease, ensure_state_index
+
+    schedule = config.schedule
+    ensure_state_index(client, schedule.state_index)
+    holder = f"{socket.gethostname()}:{os.getpid()}:once"
+    with HeldLease(Lease(client, schedule.state_index, "worker", holder, schedule.lease_seconds)):
+        summary = run_once(client, config)
     click.echo(f"Ingest read {summary.ingest.documents} documents; "
                + (f"trained model {summary.trained.version}; " if summary.trained else "model is current; ")
                + f"scored {summary.day}"
@@ -332,8 +341,9 @@ def status(config: Config) -> None:
         if run is None:
             click.echo(f"  {job:7} never run")
         else:
+            details = ", ".join(f"{name} {_plain(value)}" for name, value in run["details"].items() if value is not None)
             click.echo(f"  {job:7} {run['outcome']:7} started {run['started']}, finished {run['finished']} "
-                       f"by {run.get('holder') or '?'}: {run['details']}")
+                       f"by {run.get('holder') or '?'}: {details or 'no details'}")
     for name in (INGEST_POSITION, LAST_DETECTED, LAST_DIGEST, ACTIVE_MODEL):
         click.echo(f"  {name}: {store.checkpoint(name) or 'none'}")
     lease = Lease(client, config.schedule.state_index, "worker", "status", config.schedule.lease_seconds).read()
@@ -370,18 +380,22 @@ def digest(config: Config, day: datetime | None, dry_run: bool, out: Path | None
         raise InputError(f"--out {str(out)!r}: the folder {str(out.parent)!r} does not exist; create it first")
     client = connect(config.elasticsearch)
     today = last_complete_day(config)
+    state = StateStore(client, config.schedule.state_index)
     if day is not None:
+        chosen = day.date().isoformat()
+        if not state.detected(chosen):
+            raise InputError(f"{chosen} has not been detected yet, so its digest would report nothing; run "
+                             f"'loglatent --config FILE detect --day {chosen}' first")
         # A day asked for by name is a report on request, not a scheduled digest that came late.
-        plan: DigestPlan | None = DigestPlan([day.date().isoformat()], late=False)
+        plan: DigestPlan | None = DigestPlan([chosen], late=False)
     else:
-        state = StateStore(client, config.schedule.state_index)
         last_detected = state.checkpoint(LAST_DETECTED)
         if last_detected is None:
             raise InputError("no day has been detected yet; run detect first, or pass --day")
         plan = digest_plan(state.checkpoint(LAST_DIGEST), last_detected, today)
         if plan is None:
             click.echo(f"The digest is up to date: the last detected day, {last_detected}, was sent. "
-                       "Pass --day to render another day.")
+                       + ("No file was written. " if out is not None else "") + "Pass --day to render another day.")
             return
     assert plan is not None
     if dry_run:
@@ -397,7 +411,6 @@ def digest(config: Config, day: datetime | None, dry_run: bool, out: Path | None
         return
     import socket
 
-    state = StateStore(client, config.schedule.state_index)
     outcome = send_digest(client, config, state, plan, holder=f"{socket.gethostname()}:cli")
     if outcome.status == "already_sent":
         records = [state.digest_record(d) or {} for d in plan.days]
@@ -445,21 +458,11 @@ def models_list(config: Config) -> None:
 @pass_config
 def models_activate(config: Config, version: str) -> None:
     """Make VERSION the model that detect uses, for example to roll back a training."""
-    from elasticsearch import ApiError, TransportError
-
-    from loglatent.errors import ElasticsearchUnavailable
-    from loglatent.es import connect
     from loglatent.jobs import activate, active_version
-    from loglatent.state import StateStore
-    from loglatent.worker import ACTIVE_MODEL
 
     previous = active_version(config)
     activate(config, version)
-    try:
-        StateStore(connect(config.elasticsearch), config.schedule.state_index).set_checkpoint(ACTIVE_MODEL, version)
-    except (ElasticsearchUnavailable, ApiError, TransportError) as exc:
-        log.warning("Model %s is active on disk, but the state index was not updated (%s); "
-                    "'loglatent status' shows the old version until the next training", version, exc)
+    _record_active_model(config, version)
     click.echo(f"Model {version} is active (was {previous or 'none'}). Detect uses it from its next run; "
                "the next scheduled training replaces it.")
 
@@ -630,6 +633,31 @@ def _echo_detect(config: Config, summary: Any, limit: int) -> None:
     if write.failed or scores.failed:
         raise LoglatentError(f"{sum(write.failed.values())} anomaly and {sum(scores.failed.values())} score documents "
                              "were not written; see the reasons above")
+
+
+def _plain(value: Any) -> str:
+    """Return a value from the state index as text: lists joined by commas, days spanned when many."""
+    if isinstance(value, list):
+        if len(value) > 3:
+            return f"{value[0]} to {value[-1]} ({len(value)})"
+        return ", ".join(map(str, value)) or "none"
+    return str(value)
+
+
+def _record_active_model(config: Config, version: str) -> None:
+    """Store the active model's version in the state index, where 'status' and other workers read it."""
+    from elasticsearch import ApiError, TransportError
+
+    from loglatent.errors import ElasticsearchUnavailable
+    from loglatent.es import connect
+    from loglatent.state import StateStore
+    from loglatent.worker import ACTIVE_MODEL
+
+    try:
+        StateStore(connect(config.elasticsearch), config.schedule.state_index).set_checkpoint(ACTIVE_MODEL, version)
+    except (ElasticsearchUnavailable, ApiError, TransportError) as exc:
+        log.warning("Model %s is active on disk, but the state index was not updated (%s); "
+                    "'loglatent status' shows the old version until the next training", version, exc)
 
 
 def _strength(source: dict[str, Any]) -> tuple[float, float]:

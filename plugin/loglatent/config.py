@@ -70,6 +70,9 @@ def _check_timezone(name: str) -> str:
     except (ZoneInfoNotFoundError, ValueError):
         close = difflib.get_close_matches(name, sorted(available_timezones()), n=1)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
+        if re.fullmatch(r"[A-Z]{3,5}", name):
+            # CEST, PDT and the like name an offset in one season, not a place with its rules.
+            hint = " (an abbreviation such as CEST names one season's offset, not a zone)"
         raise ValueError(
             f"unknown timezone {name!r}{hint}; expected an IANA name such as 'UTC' or 'Europe/Berlin'"
         ) from None
@@ -227,7 +230,7 @@ class JobSchedule(_Section):
             CronTrigger.from_crontab(expression, timezone="UTC")
         except ValueError as exc:
             raise ValueError(
-                f"invalid cron expression {expression!r}: {exc}; expected five fields "
+                f"invalid cron expression {expression!r} ({exc}). A cron expression has five fields "
                 "(minute hour day-of-month month day-of-week), such as '*/10 * * * *' or '30 0 * * *'"
             ) from None
         return expression
@@ -260,6 +263,16 @@ class SmtpConfig(_Section):
     retry_seconds: float = Field(default=5.0, ge=0)
 
 
+def _check_address(text: str) -> str:
+    from email.utils import parseaddr
+
+    _, address = parseaddr(text)
+    if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
+        raise ValueError(f"expected an email address such as 'noc@example.net' or 'NOC <noc@example.net>', "
+                         f"got {text!r}")
+    return text
+
+
 class DigestConfig(_Section):
     """The daily email digest: recipients, sender, links and the mail server."""
 
@@ -281,9 +294,13 @@ class DigestConfig(_Section):
     @classmethod
     def _addresses(cls, addresses: list[str]) -> list[str]:
         for address in addresses:
-            if not re.fullmatch(r"[^@\s<>]+@[^@\s<>]+", address):
-                raise ValueError(f"expected an email address such as 'noc@example.net', got {address!r}")
+            _check_address(address)
         return addresses
+
+    @field_validator("sender")
+    @classmethod
+    def _sender(cls, address: str) -> str:
+        return _check_address(address)
 
     @field_validator("kibana_url")
     @classmethod
@@ -332,7 +349,7 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
         raise ConfigError(f"{path}: cannot read the configuration file: {exc}") from None
 
     try:
-        raw = yaml.safe_load(text)
+        raw = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
     except yaml.YAMLError as exc:
         raise ConfigError(f"{path}: invalid YAML: {exc}") from None
     if raw is None:
@@ -350,6 +367,20 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
     if ca_certs is not None and not ca_certs.is_file():
         raise ConfigError(f"{path}: elasticsearch.ca_certs: file not found: {str(ca_certs)!r}")
     return config
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A safe YAML loader that rejects a key given twice in one mapping instead of keeping the last."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: dict[Any, Any] = {}
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"the key {key!r} appears twice in one mapping; merge the two", key_node.start_mark)
+            seen[key] = True
+        return super().construct_mapping(node, deep=deep)
 
 
 def _expand_environment(value: Any, environ: dict[str, str], path: Path, key_path: str) -> Any:
@@ -384,13 +415,15 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         if error["type"] == "extra_forbidden":
             allowed = _allowed_keys(location[:-1])
             close = difflib.get_close_matches(location[-1], allowed, n=1)
-            home = _section_with_key(location[-1])
+            homes = [home for home in _sections_with_key(location[-1]) if home != ".".join(location[:-1])]
             # A key spelled exactly as in another section is more likely misplaced than misspelled.
             if location[:2] == ["digest", "smtp"] and location[-1] in {"user", "username", "password"}:
                 hint = (" (the mail server's credentials come from the environment variables "
                         "LOGLATENT_SMTP_USERNAME and LOGLATENT_SMTP_PASSWORD)")
-            elif home and home != ".".join(location[:-1]):
-                hint = f" (it belongs under {home!r})"
+            elif len(homes) == 1:
+                hint = f" (it belongs under {homes[0]!r})"
+            elif homes:
+                hint = f" (it belongs under one of {', '.join(repr(home) for home in homes)})"
             elif close:
                 hint = f" (did you mean {close[0]!r}?)"
             else:
@@ -402,7 +435,13 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
         if error["type"] == "value_error":
             # Our validators put the value and the allowed values in the message already.
             lines.append(f"  {key}: {error['msg'].removeprefix('Value error, ')}")
-        elif isinstance(received, dict) and error["type"] != "model_type":
+        elif error["type"] == "model_type":
+            keys = ", ".join(_allowed_keys(location))
+            example = " such as\n      cron: '*/5 * * * *'" if location[:1] == ["schedule"] and len(location) == 2 else ""
+            lines.append(f"  {key}: expected a section (a mapping with keys {keys}){example}; got {received_text}")
+        elif error["type"] == "list_type":
+            lines.append(f"  {key}: expected a list such as [{received_text}]; got {received_text}")
+        elif isinstance(received, dict):
             lines.append(f"  {key}: {error['msg']}")
         else:
             lines.append(f"  {key}: {error['msg']}; got {received_text}")
@@ -420,19 +459,18 @@ def _allowed_keys(location: list[str]) -> list[str]:
     return list(model.model_fields)
 
 
-def _section_with_key(key: str, model: type[BaseModel] = Config, prefix: str = "") -> str | None:
-    """Return the dotted path of the first section, at any depth, that has ``key``."""
+def _sections_with_key(key: str, model: type[BaseModel] = Config, prefix: str = "") -> list[str]:
+    """Return the dotted path of every section, at any depth, that has ``key``."""
+    found = []
     for name, field in model.model_fields.items():
         annotation = field.annotation
         if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
             continue
         path = f"{prefix}{name}"
         if key in annotation.model_fields:
-            return path
-        nested = _section_with_key(key, annotation, f"{path}.")
-        if nested is not None:
-            return nested
-    return None
+            found.append(path)
+        found.extend(_sections_with_key(key, annotation, f"{path}."))
+    return found
 
 
 def _is_secret(location: list[str]) -> bool:

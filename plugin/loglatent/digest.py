@@ -203,11 +203,13 @@ def hourly_picture(hourly: list[int], typical: list[float]) -> bytes:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(3.6, 1.0), dpi=100)
+    axes.set_ylim(0, max(max(hourly), max(typical), 1) * 1.35)  # headroom for the legend
     try:
         hours = range(24)
         axes.bar(hours, hourly, width=0.8, color="#d9534f", label="this day")
         axes.step([h - 0.5 for h in range(25)], list(typical) + [typical[-1]], where="post", color="#1f4e79",
                   linewidth=1.2, label="typical day")
+        axes.legend(fontsize=6, frameon=False, loc="upper left", ncols=2)
         axes.set_xlim(-0.5, 23.5)
         axes.set_xticks([0, 6, 12, 18, 23])
         axes.tick_params(labelsize=6, length=2)
@@ -350,8 +352,8 @@ def send_digest(client: Elasticsearch, config: Config, state: StateStore, plan: 
     state.finish_digest_days(days, True, {"message_id": message_id, "late": plan.late, "anomalies": total,
                                           "sent_at": datetime.now(timezone.utc).isoformat()})
     _advance(state, days)
-    log.info("Sent the digest of %s%s to %d recipients: %d anomalies, %d listed", _span(days),
-             " (late)" if plan.late else "", len(config.digest.to), total, len(sources))
+    log.info("Sent the digest of %s%s to %s: %d anomalies, %d listed", _span(days),
+             " (late)" if plan.late else "", ", ".join(config.digest.to), total, len(sources))
     return DigestOutcome(days, plan.late, total, "sent", message_id)
 
 

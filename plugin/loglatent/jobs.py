@@ -26,6 +26,7 @@ from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
 from loglatent.model import Ensemble, load_ensemble, load_metadata, save_ensemble, score_kl, train_ensemble
 from loglatent.pca import fit_pca, from_arrays, reconstruction_error, to_arrays
+from loglatent.state import StateStore
 from loglatent.sink import SCORES_MAPPING, WriteSummary, anomaly_id, install_template, replace_days
 
 log = logging.getLogger(__name__)
@@ -170,7 +171,8 @@ class DetectSummary:
     seconds: float = 0.0
 
 
-def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str) -> DetectSummary:
+def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str,
+           warn_after_data: bool = True) -> DetectSummary:
     """Score every event on each day from ``first_day`` to ``last_day`` and write the anomalies.
 
     Each day is judged against its event's trailing ``detection.history_days`` days, scored by the
@@ -185,7 +187,7 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
     with open_store(config) as store:
         span = _require_data(store)
         summary.last_day_with_data = span[1]
-        if last_day > span[1]:
+        if last_day > span[1] and warn_after_data:
             log.warning(
                 "No messages were ingested after %s, so the days up to %s are scored as silent days; "
                 "if logs did arrive, run ingest first or check source.index", span[1], last_day)
@@ -220,6 +222,8 @@ def detect(client: Elasticsearch, config: Config, first_day: str, last_day: str)
     if config.output.write_scores and summary.scores:
         install_template(client, config.output.scores, SCORES_MAPPING)
         summary.scores_write = replace_days(client, config.output.scores, summary.scores, [], [], kind="score")
+    if not summary.write.failed:
+        StateStore(client, config.schedule.state_index).mark_detected(scored_days, ensemble.version)
     summary.seconds = time.monotonic() - started
     log.info(
         "Detect wrote %d anomaly documents (%s) and %d score documents for %s to %s with model %s in %.1f s; "

@@ -10,12 +10,15 @@ only if the document is still at the sequence number the worker read (``if_seq_n
 from __future__ import annotations
 
 import logging
+import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from elasticsearch import BadRequestError, ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import ApiError, BadRequestError, ConflictError, Elasticsearch, NotFoundError, TransportError
+
+from loglatent.errors import StateError
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +49,10 @@ def ensure_state_index(client: Elasticsearch, index: str) -> None:
         # Another worker created it in the meantime (resource_already_exists_exception).
         if not client.indices.exists(index=index):
             raise exc
+
+
+class LeaseHeld(StateError):
+    """Another worker holds the lease."""
 
 
 @dataclass(frozen=True)
@@ -143,3 +150,39 @@ class Lease:
         if acquired_at is not None:
             document["acquired_at"] = acquired_at
         return document
+
+
+class HeldLease:
+    """A context that holds ``lease`` and renews it from a background thread until the block ends.
+
+    For one-off commands such as ``run --once``, which hold the worker's lease while they run.
+    """
+
+    def __init__(self, lease: Lease) -> None:
+        self.lease = lease
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, name="lease-renewal", daemon=True)
+
+    def __enter__(self) -> HeldLease:
+        if not self.lease.acquire():
+            state = self.lease.read()
+            holder = f"worker {state.holder}, until {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime(state.expires_at))}" \
+                if state else "another worker"
+            raise LeaseHeld(f"the lease in {self.lease.index} is held by {holder}; stop that worker first, or let it "
+                            "run the jobs")
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.lease.release()
+
+    def _renew(self) -> None:
+        while not self._stop.wait(max(1.0, self.lease.ttl / 3)):
+            try:
+                if not self.lease.renew():
+                    log.warning("Lost the lease %s while running; another worker may run jobs now",
+                                self.lease.document_id)
+            except (ApiError, TransportError) as exc:
+                log.warning("Cannot renew the lease %s: %s", self.lease.document_id, exc)

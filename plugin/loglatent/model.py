@@ -245,11 +245,15 @@ def train_ensemble(
     members: list[CVAE] = []
     losses: list[list[float]] = []
     started = time.monotonic()
+    log.info("Training %d members on %d data points (%d distinct) on %s; model.epochs %d",
+             settings.ensemble_size, int(data.weights.sum()), len(data.counts), device, settings.epochs)
     for member in range(settings.ensemble_size):
+        member_started = time.monotonic()
         model, member_losses = train_member(data, len(vocabulary), settings, settings.seed + member, device)
         members.append(model.cpu())
         losses.append(member_losses)
-        log.debug("Trained member %d: final loss %.2f", member, member_losses[-1])
+        log.info("Trained member %d of %d in %.0f s: final loss %.2f", member + 1, settings.ensemble_size,
+                 time.monotonic() - member_started, member_losses[-1])
     seconds = time.monotonic() - started
 
     kl_ranges = [float(np.ptp(score_kl(m, data.counts, data.events, torch.device("cpu")))) for m in members]

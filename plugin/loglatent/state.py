@@ -5,6 +5,7 @@ same configuration continues where the last one stopped. Its documents:
 
 - ``checkpoint-NAME``: the last day detected, the last day in a digest, the active model;
 - ``run-JOB``: the last run of each job, and one ``kind: run`` document per run for the history;
+- ``detected-DAY``: a day that detect wrote verdicts for;
 - ``digest-DAY``: the digest of each day, created before sending so that no day goes out twice;
 - ``lease-worker``: the lease (``loglatent.lease``).
 """
@@ -15,7 +16,7 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from typing import Any
 
-from elasticsearch import ConflictError, Elasticsearch, NotFoundError
+from elasticsearch import ConflictError, Elasticsearch, NotFoundError, helpers
 
 from loglatent.lease import ensure_state_index
 
@@ -56,6 +57,18 @@ class StateStore:
         found = self.client.search(index=self.index, query={"bool": {"filter": filters}},
                                    sort=[{"started": "asc"}], size=limit)
         return [dict(hit["_source"]) for hit in found["hits"]["hits"]]
+
+    def mark_detected(self, days: list[str], model_version: str) -> None:
+        """Record that ``days`` have verdicts in the anomaly index, so a digest may report them."""
+        if not days:
+            return
+        actions = [{"_index": self.index, "_id": f"detected-{day}",
+                    "_source": {"kind": "detected", "day": day, "model_version": model_version}} for day in days]
+        helpers.bulk(self.client, actions, refresh="wait_for")
+
+    def detected(self, day: str) -> bool:
+        """Return whether a detect run has written verdicts for ``day``."""
+        return self._get(f"detected-{day}") is not None
 
     def claim_digest_days(self, days: list[str], holder: str) -> list[str]:
         """Mark each of ``days`` as being sent, and return those no digest had claimed before."""

@@ -214,7 +214,8 @@ class Worker:
                     scheduler.add_job(self.run_job, trigger, args=[job], kwargs={"trigger": "schedule"}, id=job,
                                       max_instances=1, coalesce=True,
                                       misfire_grace_time=getattr(schedule, job).misfire_grace_seconds)
-            log.info("Worker %s started; waiting for the next scheduled job", self.holder)
+            log.info("Worker %s started; %s", self.holder, "waiting for the next scheduled job" if self._holding
+                     else "waiting for the lease")
             # A timed wait lets the main thread run the signal handler promptly.
             while not stop.wait(timeout=1.0):
                 pass
@@ -251,14 +252,19 @@ def _detect(worker: Worker, now: datetime) -> dict[str, Any]:
     if days and active_version(worker.config) is None:
         details["trained"] = _train(worker, now)["version"]
     anomalies = 0
+    done: list[str] = []
     for day in days:
-        summary = detect(worker.client, worker.config, day, day)
+        if worker.stopping.is_set():
+            log.info("Stopping after %d of %d days; the next start detects from %s", len(done), len(days), day)
+            break
+        summary = detect(worker.client, worker.config, day, day, warn_after_data=not done)
         anomalies += summary.write.written
         worker.state.set_checkpoint(LAST_DETECTED, day)
-    details.update(days=days, anomalies=anomalies)
+        done.append(day)
+    details.update(days=done, anomalies=anomalies)
     # New events are reported on their first day by the model that has not seen them; only then
     # does an early training teach them to the model.
-    reason = early_retrain_reason(worker.config, last) if days else None
+    reason = early_retrain_reason(worker.config, last) if done and not worker.stopping.is_set() else None
     if reason is not None:
         log.info("Training a new model before its schedule: %s", reason)
         details["retrained"] = _train(worker, now)["version"]
