@@ -226,3 +226,88 @@ def test_missing_credentials_half_set(es, index_name, output_index, state_index,
     with pytest.raises(ConfigError, match="LOGLATENT_SMTP_PASSWORD"):
         send_digest(es, config, StateStore(es, state_index), DigestPlan(["2024-05-02"], late=False), holder="test")
     assert StateStore(es, state_index).digest_record("2024-05-02") is None
+
+
+@pytest.fixture
+def certificate(tmp_path: Path) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1 and its key, made with the openssl command."""
+    import subprocess
+
+    cert, key = tmp_path / "smtp.pem", tmp_path / "smtp.key"
+    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=127.0.0.1",
+                    "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", str(key), "-out", str(cert)],
+                   check=True, capture_output=True)
+    return cert, key
+
+
+@pytest.mark.filterwarnings("ignore:Requiring AUTH while not requiring TLS:UserWarning")
+@pytest.mark.parametrize("security", ["starttls", "tls"])
+def test_tls_and_login(es, index_name, output_index, state_index, make_config, tmp_path, certificate,  # type: ignore[no-untyped-def]
+                       monkeypatch, security) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+    from aiosmtpd.smtp import AuthResult
+
+    from conftest import MailServer, _free_port
+
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    logins: list[tuple[bytes, bytes]] = []
+
+    def authenticate(server, session, envelope, mechanism, auth_data):  # type: ignore[no-untyped-def]
+        logins.append((auth_data.login, auth_data.password))
+        return AuthResult(success=auth_data.password == b"s3cret")
+
+    receiver = MailServer()
+    port = _free_port()
+    options: dict[str, Any] = {"authenticator": authenticate, "auth_required": True}
+    if security == "starttls":
+        options.update(tls_context=server_context, require_starttls=True)
+    else:
+        # aiosmtpd sees only its own STARTTLS as TLS, so AUTH over implicit TLS needs this switch.
+        options.update(ssl_context=server_context, auth_require_tls=False)
+    controller = Controller(receiver, hostname="127.0.0.1", port=port, **options)
+    controller.start()
+    try:
+        receiver.port = port
+        config = digest_config(make_config, index_name, output_index, state_index, receiver)
+        config = config.model_copy(update={"digest": config.digest.model_copy(update={
+            "smtp": config.digest.smtp.model_copy(update={"security": security, "ca_certs": cert})})})
+        monkeypatch.setenv("LOGLATENT_SMTP_USERNAME", "digest")
+        monkeypatch.setenv("LOGLATENT_SMTP_PASSWORD", "s3cret")
+        outcome = send_digest(es, config, StateStore(es, state_index), DigestPlan(["2024-05-02"], late=False),
+                              holder="test")
+    finally:
+        controller.stop()
+    assert outcome.status == "sent"
+    assert len(receiver.messages) == 1
+    assert logins == [(b"digest", b"s3cret")]
+
+
+def test_untrusted_certificate_is_rejected(es, index_name, output_index, state_index, make_config,  # type: ignore[no-untyped-def]
+                                           certificate) -> None:
+    import ssl
+
+    from aiosmtpd.controller import Controller
+
+    from conftest import MailServer, _free_port
+
+    cert, key = certificate
+    server_context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    server_context.load_cert_chain(cert, key)
+    receiver = MailServer()
+    port = _free_port()
+    controller = Controller(receiver, hostname="127.0.0.1", port=port, ssl_context=server_context)
+    controller.start()
+    try:
+        receiver.port = port
+        config = digest_config(make_config, index_name, output_index, state_index, receiver)
+        config = config.model_copy(update={"digest": config.digest.model_copy(update={
+            "smtp": config.digest.smtp.model_copy(update={"security": "tls", "retries": 0})})})
+        with pytest.raises(DigestError, match="CERTIFICATE_VERIFY_FAILED"):
+            send_digest(es, config, StateStore(es, state_index), DigestPlan(["2024-05-02"], late=False), holder="t")
+    finally:
+        controller.stop()
+    assert receiver.messages == []

@@ -257,6 +257,9 @@ class SmtpConfig(_Section):
     # none: plain SMTP (a local relay); starttls: upgrade after connecting (port 587);
     # tls: TLS from the first byte (port 465).
     security: Literal["none", "starttls", "tls"] = "none"
+    # CA certificates (PEM) that sign the server's certificate, for a relay with a private CA.
+    # Default: the system's trusted CAs.
+    ca_certs: Path | None = None
     timeout_seconds: float = Field(default=30.0, gt=0)
     # A failed send is tried again this many times, after retry_seconds, then twice that, and so on.
     retries: int = Field(default=3, ge=0, le=20)
@@ -366,6 +369,9 @@ def load_config(path: str | Path, environ: dict[str, str] | None = None) -> Conf
     ca_certs = config.elasticsearch.ca_certs
     if ca_certs is not None and not ca_certs.is_file():
         raise ConfigError(f"{path}: elasticsearch.ca_certs: file not found: {str(ca_certs)!r}")
+    smtp_ca = config.digest.smtp.ca_certs
+    if smtp_ca is not None and not smtp_ca.is_file():
+        raise ConfigError(f"{path}: digest.smtp.ca_certs: file not found: {str(smtp_ca)!r}")
     return config
 
 
@@ -480,9 +486,15 @@ def _is_secret(location: list[str]) -> bool:
 def _resolve_paths(config: Config, base: Path) -> Config:
     data_dir = config.data_dir if config.data_dir.is_absolute() else base / config.data_dir
     update: dict[str, Any] = {"data_dir": data_dir}
+    digest_update: dict[str, Any] = {}
     templates_dir = config.digest.templates_dir
     if templates_dir is not None and not templates_dir.is_absolute():
-        update["digest"] = config.digest.model_copy(update={"templates_dir": base / templates_dir})
+        digest_update["templates_dir"] = base / templates_dir
+    smtp_ca = config.digest.smtp.ca_certs
+    if smtp_ca is not None and not smtp_ca.is_absolute():
+        digest_update["smtp"] = config.digest.smtp.model_copy(update={"ca_certs": base / smtp_ca})
+    if digest_update:
+        update["digest"] = config.digest.model_copy(update=digest_update)
     ca_certs = config.elasticsearch.ca_certs
     if ca_certs is not None and not ca_certs.is_absolute():
         update["elasticsearch"] = config.elasticsearch.model_copy(update={"ca_certs": base / ca_certs})

@@ -279,6 +279,9 @@ def send(config: Config, message: EmailMessage, sleep: Callable[[float], None] =
                                   f"{_text(exc.smtp_error)}; check digest.to, digest.sender and the SMTP "
                                   "credentials") from None
             problem = f"{exc.smtp_code} {_text(exc.smtp_error)}"
+        except smtplib.SMTPNotSupportedError as exc:
+            raise DigestError(f"the mail server {smtp.host}:{smtp.port} does not support what the digest needs: {exc}; "
+                              "check digest.smtp.security and whether the server expects a login") from None
         except smtplib.SMTPRecipientsRefused as exc:
             raise DigestError(f"the mail server {smtp.host}:{smtp.port} rejected every recipient "
                               f"({', '.join(exc.recipients)}); check digest.to") from None
@@ -299,7 +302,7 @@ def _send_once(config: Config, message: EmailMessage) -> None:
     if bool(username) != bool(password):
         raise ConfigError(f"set both {USERNAME_VARIABLE} and {PASSWORD_VARIABLE}, or neither, to log in to "
                           f"the mail server {smtp.host}:{smtp.port}")
-    context = ssl.create_default_context()
+    context = ssl.create_default_context(cafile=str(smtp.ca_certs) if smtp.ca_certs else None)
     connection: smtplib.SMTP
     if smtp.security == "tls":
         connection = smtplib.SMTP_SSL(smtp.host, smtp.port, timeout=smtp.timeout_seconds, context=context)
