@@ -50,3 +50,7 @@ def test_missed_digests_become_one_late() -> None:
     assert digest_plan("2024-03-10", "2024-03-10", today) is None
     # Detection lags a day behind: the one day the digest can cover is already late.
     assert digest_plan("2024-03-08", "2024-03-09", today) == DigestPlan(["2024-03-09"], late=True)
+    # A digest sent by hand for a day years ago does not make the next one cover every day since.
+    long_gap = digest_plan("2005-11-16", "2024-03-10", today, max_days=7)
+    assert long_gap is not None
+    assert long_gap.days == [f"2024-03-{day:02d}" for day in range(4, 11)]

@@ -392,7 +392,8 @@ def digest(config: Config, day: datetime | None, dry_run: bool, out: Path | None
         last_detected = state.checkpoint(LAST_DETECTED)
         if last_detected is None:
             raise InputError("no day has been detected yet; run detect first, or pass --day")
-        plan = digest_plan(state.checkpoint(LAST_DIGEST), last_detected, today)
+        plan = digest_plan(state.checkpoint(LAST_DIGEST), last_detected, today,
+                           max_days=max(7, config.detection.backfill_days))
         if plan is None:
             click.echo(f"The digest is up to date: the last detected day, {last_detected}, was sent. "
                        + ("No file was written. " if out is not None else "") + "Pass --day to render another day.")
@@ -490,6 +491,8 @@ def kibana_import(config: Config, url: str | None, space: str | None, bundle: Pa
     url = url or config.digest.kibana_url
     if not url:
         raise InputError("no Kibana URL: pass --url, or set digest.kibana_url in the configuration")
+    if not url.startswith(("http://", "https://")):
+        raise InputError(f"--url {url!r} must start with http:// or https://, such as http://127.0.0.1:5601")
     objects = for_indices(read_bundle(bundle or BUNDLE), config.output.index, config.output.scores)
     result = import_objects(url, objects, space)
     click.echo(f"Kibana {result.version}: imported {result.imported} of {len(objects)} objects"

@@ -48,7 +48,8 @@ def _global_state(first_day: str, last_day: str, zone: ZoneInfo) -> str:
 def discover_url(base: str, host: str, template_id: int, day: str, zone: ZoneInfo) -> str:
     """Return a Discover link to the anomaly documents of one event on one day."""
     kuery = f'host:"{_kuery_escape(host)}" and template_id:{int(template_id)}'
-    app_state = f"(dataSource:(dataViewId:{rison_string(DATA_VIEW_ID)},type:dataView),"
+    # 'index' is the app state that Discover reads in 8.11 and still accepts after 8.15 added 'dataSource'.
+    app_state = f"(index:{rison_string(DATA_VIEW_ID)},"
     app_state += f"query:(language:kuery,query:{rison_string(kuery)}))"
     return (f"{base}/app/discover#/?_g={quote(_global_state(day, day, zone), safe=_RISON_SAFE)}"
             f"&_a={quote(app_state, safe=_RISON_SAFE)}")
@@ -277,7 +278,7 @@ def import_objects(url: str, objects: list[dict[str, Any]], space: str | None = 
     if _version_tuple(version) < MINIMUM_VERSION:
         minimum = ".".join(map(str, MINIMUM_VERSION))
         raise KibanaError(f"Kibana at {base} runs version {version or 'unknown'}; the loglatent objects need {minimum} "
-                          "or later. Upgrade Kibana, or build the dashboard by hand from docs/kibana.md")
+                          "or later. Upgrade Kibana; kibana/README.md lists the objects to build by hand")
     boundary = f"loglatent-{uuid.uuid4().hex}"
     body = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"loglatent.ndjson\"\r\n"
             f"Content-Type: application/ndjson\r\n\r\n{bundle_text(objects)}\r\n--{boundary}--\r\n").encode("utf-8")

@@ -132,15 +132,17 @@ class DigestPlan:
     late: bool
 
 
-def digest_plan(last_sent: str | None, last_ready: str, late_after: str) -> DigestPlan | None:
+def digest_plan(last_sent: str | None, last_ready: str, late_after: str, max_days: int = 7) -> DigestPlan | None:
     """Return the one digest to send now, or None when the digest for ``last_ready`` went out.
 
     ``last_ready`` is the last day detected. The digest covers the days after ``last_sent`` up to
     it, or only ``last_ready`` before the first digest. It is late when it covers a day before
     ``late_after``, the day an on-time digest covers now. Missed days become a single digest
-    marked late, never one email per missed day.
+    marked late, never one email per missed day, and it covers at most the last ``max_days``.
     """
     if last_sent is not None and last_sent >= last_ready:
         return None
     days = days_to_detect(last_sent, last_ready, backfill_days=1)
+    # After a long gap (or a digest sent by hand for an old day) only the last max_days go out.
+    days = days[-max_days:]
     return DigestPlan(days, late=days[0] < late_after)

@@ -280,7 +280,8 @@ def _digest(worker: Worker, now: datetime) -> dict[str, Any]:
     if last_detected is None:
         log.info("No digest yet: no day has been detected")
         return {"days": [], "status": "nothing_detected"}
-    plan = digest_plan(worker.state.checkpoint(LAST_DIGEST), last_detected, last_complete_day(worker.config, now))
+    plan = digest_plan(worker.state.checkpoint(LAST_DIGEST), last_detected, last_complete_day(worker.config, now),
+                       max_days=max(7, worker.config.detection.backfill_days))
     if plan is None:
         return {"days": [], "status": "up_to_date"}
     outcome = send_digest(worker.client, worker.config, worker.state, plan, worker.holder)
