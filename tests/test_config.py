@@ -117,7 +117,8 @@ def test_digest_settings_are_checked(tmp_path: Path) -> None:
     assert "digest.to: expected an email address such as 'noc@example.net'" in message
     assert "got 'noc.example.net'" in message
     assert "digest.kibana_url: expected a URL" in message
-    assert "digest.smtp.security" in message and "'starttls'" in message
+    assert "digest.smtp.security" in message
+    assert "'starttls'" in message
     assert "digest.smtp.password: unknown key (the mail server's credentials come from the environment" in message
     assert "hunter2" not in message
 

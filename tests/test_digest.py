@@ -266,7 +266,7 @@ def test_tls_and_login(es, index_name, output_index, state_index, make_config, t
     if security == "starttls":
         options.update(tls_context=server_context, require_starttls=True)
     else:
-        # aiosmtpd sees only its own STARTTLS as TLS, so AUTH over implicit TLS needs this switch.
+        # aiosmtpd treats only its own STARTTLS as TLS, so AUTH over implicit TLS needs this switch.
         options.update(ssl_context=server_context, auth_require_tls=False)
     controller = Controller(receiver, hostname="127.0.0.1", port=port, **options)
     controller.start()

@@ -313,7 +313,7 @@ def test_worker_killed_during_ingest_resumes_exactly(es: Elasticsearch, index_na
         assert b.total_count() == len(corpus.documents)
 
 
-def test_many_new_events_train_early_and_models_roll_back(es: Elasticsearch, index_name: str, make_config,  # type: ignore[no-untyped-def]
+def test_new_events_retrain_and_rollback(es: Elasticsearch, index_name: str, make_config,  # type: ignore[no-untyped-def]
                                                           state_index: str, capsys) -> None:
     from loglatent.cli import main
     from loglatent.jobs import active_version, model_versions

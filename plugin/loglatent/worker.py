@@ -191,7 +191,7 @@ class Worker:
         signal.signal(signal.SIGTERM, request_stop)
         signal.signal(signal.SIGINT, request_stop)
 
-        # APScheduler logs each job it adds and runs at INFO; the worker's own summary lines say more.
+        # APScheduler logs each job it adds and runs at INFO, which the worker's summary lines already cover.
         if not log.isEnabledFor(logging.DEBUG):
             logging.getLogger("apscheduler").setLevel(logging.WARNING)
         schedule = self.config.schedule
@@ -262,8 +262,8 @@ def _detect(worker: Worker, now: datetime) -> dict[str, Any]:
         worker.state.set_checkpoint(LAST_DETECTED, day)
         done.append(day)
     details.update(days=done, anomalies=anomalies)
-    # New events are reported on their first day by the model that has not seen them; only then
-    # does an early training teach them to the model.
+    # The model that has not seen the new events reports them on their first day. The early
+    # training comes after that, so that report is not lost.
     reason = early_retrain_reason(worker.config, last) if done and not worker.stopping.is_set() else None
     if reason is not None:
         log.info("Training a new model before its schedule: %s", reason)
