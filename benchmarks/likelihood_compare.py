@@ -26,7 +26,8 @@ sys.path.insert(0, str(ROOT / "plugin"))
 
 from loglatent.config import DetectionConfig, ModelConfig  # noqa: E402
 from loglatent.detect import choose_eps, last_is_noise, vote  # noqa: E402
-from loglatent.model import TrainingSet, score_kl, train_ensemble  # noqa: E402
+from loglatent.model import TrainingSet, train_ensemble  # noqa: E402
+from loglatent.stacked import ensemble_kl  # noqa: E402
 from loglatent.synthetic import generate, kind_of  # noqa: E402
 
 
@@ -62,7 +63,7 @@ def evaluate(likelihood: str, seeds: list[int], epochs: int, members: int) -> di
         started = time.monotonic()
         ensemble = train_ensemble(data, [(host, index) for index, (host, _) in enumerate(events)], days[0], days[-1], settings)
         seconds += time.monotonic() - started
-        kl = np.stack([score_kl(m, flat, event_of_row, torch.device("cpu")) for m in ensemble.members])
+        kl = ensemble_kl(ensemble.members, flat, event_of_row)
         kl = kl.reshape(members, len(events), len(days))
 
         labels = {(a.host, a.kind, a.day) for a in corpus.anomalies}

@@ -15,8 +15,8 @@ from loglatent.model import (
     save_ensemble,
     score_kl,
     train_ensemble,
-    train_member,
 )
+from loglatent.stacked import train_stacked
 
 
 def test_kl_closed_form_by_hand() -> None:
@@ -61,7 +61,7 @@ SMALL = ModelConfig(epochs=2, min_steps=1, ensemble_size=2, encoder_units=[32, 1
 
 def test_scores_repeat_exactly() -> None:
     data = small_set()
-    model, _ = train_member(data, 4, SMALL, seed=1, device=torch.device("cpu"))
+    (model,), _ = train_stacked(data, 4, SMALL, [1], torch.device("cpu"))
     first = score_kl(model, data.counts, data.events, torch.device("cpu"))
     second = score_kl(model, data.counts, data.events, torch.device("cpu"))
     assert np.array_equal(first, second)
@@ -70,9 +70,9 @@ def test_scores_repeat_exactly() -> None:
 
 def test_same_seed_same_model() -> None:
     data = small_set()
-    _, losses_a = train_member(data, 4, SMALL, seed=3, device=torch.device("cpu"))
-    _, losses_b = train_member(data, 4, SMALL, seed=3, device=torch.device("cpu"))
-    _, losses_c = train_member(data, 4, SMALL, seed=4, device=torch.device("cpu"))
+    _, losses_a = train_stacked(data, 4, SMALL, [3, 4], torch.device("cpu"))
+    _, losses_b = train_stacked(data, 4, SMALL, [3, 4], torch.device("cpu"))
+    _, losses_c = train_stacked(data, 4, SMALL, [5, 6], torch.device("cpu"))
     assert losses_a == losses_b
     assert losses_a != losses_c
 
@@ -96,10 +96,10 @@ def test_ensemble_round_trip(tmp_path: Path) -> None:
 
 
 def test_small_data_runs_min_steps() -> None:
-    data = small_set()  # 69 data points: one step an epoch
+    data = small_set()  # 40 distinct rows, 43 with the silent row's pieces: one step an epoch
     settings = SMALL.model_copy(update={"epochs": 2, "min_steps": 5})
-    _, losses = train_member(data, 4, settings, seed=0, device=torch.device("cpu"))
-    assert len(losses) == 5
+    _, losses = train_stacked(data, 4, settings, [0], torch.device("cpu"))
+    assert len(losses[0]) == 5
 
 
 def test_collapsed_model_is_reported(caplog: pytest.LogCaptureFixture) -> None:

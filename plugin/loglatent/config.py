@@ -155,10 +155,15 @@ class ModelConfig(_Section):
     """The Conditional VAE ensemble: its sizes, its training and where it runs."""
 
     device: Literal["auto", "cpu", "cuda"] = "auto"
+    # Matrix products in bfloat16 where the hardware has it (AMX or AVX-512 BF16, CUDA), or float32.
+    precision: Literal["auto", "bf16", "fp32"] = "auto"
+    # Fuse the element-wise steps of training with torch.compile (needs a C++ compiler on the CPU).
+    compile: bool = True
     ensemble_size: int = Field(default=10, ge=1, le=100)
     epochs: int = Field(default=50, ge=1, le=10_000)
     min_steps: int = Field(default=1000, ge=1)
-    batch_size: int = Field(default=256, ge=1)
+    # Rows per training step; a row stands for every identical day of its event (see loglatent.stacked).
+    batch_size: int = Field(default=512, ge=1)
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     encoder_units: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
     latent_dim: int = Field(default=10, ge=1, le=1024)

@@ -34,9 +34,16 @@ def k_distances(windows: np.ndarray, k: int) -> np.ndarray:
 
     ``windows`` is (rows x n) with n > k. The result has the same shape.
     """
-    ordered = np.sort(windows, axis=1)
-    n = ordered.shape[1]
     order = np.argsort(windows, axis=1, kind="stable")
+    best = sorted_k_distances(np.take_along_axis(windows, order, axis=1), k)
+    result = np.empty_like(best)
+    np.put_along_axis(result, order, best, axis=1)
+    return result
+
+
+def sorted_k_distances(ordered: np.ndarray, k: int) -> np.ndarray:
+    """Return ``k_distances`` of rows that are already sorted, in the same sorted order."""
+    n = ordered.shape[1]
     best = np.full(ordered.shape, np.inf)
     positions = np.arange(n)
     # In one dimension the k nearest neighbours of a point form, with the point, a run of k + 1
@@ -45,13 +52,33 @@ def k_distances(windows: np.ndarray, k: int) -> np.ndarray:
         start = positions - offset
         valid = (start >= 0) & (start + k < n)
         clipped = np.clip(start, 0, n - k - 1)
-        left = ordered - np.take(ordered, clipped, axis=1)
-        right = np.take(ordered, clipped + k, axis=1) - ordered
+        left = ordered - ordered[:, clipped]
+        right = ordered[:, clipped + k] - ordered
         radius = np.maximum(left, right)
         best = np.where(valid, np.minimum(best, radius), best)
-    result = np.empty_like(best)
-    np.put_along_axis(result, order, best, axis=1)
-    return result
+    return best
+
+
+def sorted_percentiles(ordered: np.ndarray, percentiles: tuple[float, ...]) -> np.ndarray:
+    """Return ``np.percentile(ordered, percentiles, axis=1)`` for rows that are already sorted.
+
+    Linear interpolation between the two nearest ranks, computed as NumPy computes it, so the
+    result is the same to the last bit.
+    """
+    n = ordered.shape[1]
+    results = []
+    for percentile in percentiles:
+        rank = percentile / 100 * (n - 1)
+        below = int(np.floor(rank))
+        above = min(below + 1, n - 1)
+        fraction = rank - below
+        low, high = ordered[:, below], ordered[:, above]
+        difference = high - low
+        if fraction >= 0.5:
+            results.append(high - difference * (1 - fraction))
+        else:
+            results.append(low + difference * fraction)
+    return np.stack(results)
 
 
 def log_scale(scores: np.ndarray, offset: float) -> np.ndarray:
@@ -59,9 +86,12 @@ def log_scale(scores: np.ndarray, offset: float) -> np.ndarray:
     return np.log(np.maximum(scores, 0.0) + offset)
 
 
-def choose_eps(windows: np.ndarray, spread_factor: float, min_eps: float) -> np.ndarray:
-    """Return one ``eps`` per row: ``spread_factor`` times its interdecile range, at least ``min_eps``."""
-    low, high = np.percentile(windows, [10, 90], axis=1)
+def choose_eps(windows: np.ndarray, spread_factor: float, min_eps: float, ordered: bool = False) -> np.ndarray:
+    """Return one ``eps`` per row: ``spread_factor`` times its interdecile range, at least ``min_eps``.
+
+    ``ordered`` says that each row is sorted already, which saves sorting it again.
+    """
+    low, high = sorted_percentiles(windows, (10, 90)) if ordered else np.percentile(windows, [10, 90], axis=1)
     return np.maximum(spread_factor * (high - low), min_eps)
 
 
@@ -112,9 +142,10 @@ def trailing_noise(
 
     ``scores`` is (rows x days), one row per member and event. For each position p with at least
     ``min_samples`` days of history (p itself included), the window is days
-    ``max(0, p - history_days + 1)`` to p, ``choose(windows)`` returns one eps per row, and the result marks whether day p is DBSCAN noise in its window. Returns
-    ``(noise, eps)``, both (len(positions) x rows); positions without enough history are never
-    noise and have eps NaN.
+    ``max(0, p - history_days + 1)`` to p, ``choose(sorted_windows)`` returns one eps per row
+    from the window's values sorted, and the result marks whether day p is DBSCAN noise in its
+    window. Returns ``(noise, eps)``, both (len(positions) x rows); positions without enough
+    history are never noise and have eps NaN.
     """
     noise = np.zeros((len(positions), scores.shape[0]), dtype=bool)
     eps_used = np.full((len(positions), scores.shape[0]), np.nan)
@@ -123,12 +154,15 @@ def trailing_noise(
         if position - start + 1 < min_samples:
             continue
         windows = scores[:, start:position + 1]
-        distances = k_distances(windows, min_samples - 1)
-        eps = choose(windows)
-        # A value is a core point when its (min_samples - 1)-th nearest other value lies within eps.
-        core = distances <= eps[:, None]
-        near_core = ((np.abs(windows - windows[:, -1:]) <= eps[:, None]) & core).any(axis=1)
-        noise[index] = ~near_core
+        ordered = np.sort(windows, axis=1)
+        eps = choose(ordered)
+        near_last = np.abs(ordered - windows[:, -1:]) <= eps[:, None]
+        # With min_samples values (itself included) within eps, the day is a core point, so not
+        # noise. Only the other rows need the core points of their window.
+        undecided = np.flatnonzero(near_last.sum(axis=1) < min_samples)
+        if len(undecided):
+            core = sorted_k_distances(ordered[undecided], min_samples - 1) <= eps[undecided, None]
+            noise[index, undecided] = ~(core & near_last[undecided]).any(axis=1)
         eps_used[index] = eps
     return noise, eps_used
 

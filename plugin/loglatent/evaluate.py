@@ -16,13 +16,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 
 from loglatent.burst import bursty_days
 from loglatent.config import DetectionConfig, ModelConfig
 from loglatent.corpus import BURST_KINDS, CLASSES, LabelledCorpus, generate
-from loglatent.model import TrainingSet, score_kl, train_ensemble
+from loglatent.model import TrainingSet, train_ensemble
 from loglatent.pca import fit_pca, reconstruction_error
+from loglatent.stacked import ensemble_kl
 
 log = logging.getLogger(__name__)
 
@@ -106,8 +106,7 @@ def run_seed(
         days = corpus.days
         ensemble = train_ensemble(training_set, vocabulary, days[0], days[-1], model)
         result.training_seconds = time.monotonic() - started
-        kl = np.stack([score_kl(m, training_set.counts, training_set.events, torch.device("cpu"))
-                       for m in ensemble.members])[:, row_of]
+        kl = ensemble_kl(ensemble.members, training_set.counts, training_set.events)[:, row_of]
         judgement = judge_scores(kl, positions, detection)
         result.runs["cvae"] = MethodRun("cvae", judgement.anomalous.T, kl.mean(axis=0), time.monotonic() - started)
         log.info("Seed %d: CVAE trained and judged in %.1f s", seed, time.monotonic() - started)

@@ -14,7 +14,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from elasticsearch import Elasticsearch
 
 from loglatent.config import Config, DetectionConfig
@@ -24,10 +23,11 @@ from loglatent.detect import choose_eps, cluster_centre, log_scale, trailing_noi
 from loglatent.errors import StateError
 from loglatent.histograms import Event, HistogramStore
 from loglatent.ingest import IngestSummary, ingest, open_store
-from loglatent.model import Ensemble, load_ensemble, load_metadata, save_ensemble, score_kl, train_ensemble
+from loglatent.model import Ensemble, load_ensemble, load_metadata, save_ensemble, train_ensemble
 from loglatent.pca import fit_pca, from_arrays, reconstruction_error, to_arrays
 from loglatent.state import StateStore
 from loglatent.sink import SCORES_MAPPING, WriteSummary, anomaly_id, install_template, replace_days
+from loglatent.stacked import ensemble_kl
 
 log = logging.getLogger(__name__)
 
@@ -261,9 +261,7 @@ def _scores(ensemble: Ensemble, method: str, points: DataPoints, model_ids: np.n
             raise StateError(f"model {ensemble.version} has no PCA fit; run 'loglatent train' with 'pca' in "
                              "detection.methods")
         return reconstruction_error(pca, points.counts)[None, :][:, points.row_of]
-    rows = [score_kl(member, points.counts, model_ids[points.row_events], torch.device("cpu"))
-            for member in ensemble.members]
-    return np.stack(rows)[:, points.row_of]
+    return ensemble_kl(ensemble.members, points.counts, model_ids[points.row_events])[:, points.row_of]
 
 
 @dataclass(frozen=True)
@@ -298,7 +296,7 @@ def judge_scores(scores: np.ndarray, positions: np.ndarray, detection: Detection
     def choose(windows: np.ndarray) -> np.ndarray:
         if fixed is not None:
             return np.full(len(windows), fixed)
-        return choose_eps(windows, detection.spread_factor, detection.min_eps)
+        return choose_eps(windows, detection.spread_factor, detection.min_eps, ordered=True)
 
     if fixed is not None:
         scale, offset = scores, None

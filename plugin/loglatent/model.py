@@ -20,7 +20,7 @@ import os
 import platform
 import shutil
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -146,54 +146,6 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def train_member(
-    data: TrainingSet, event_count: int, settings: ModelConfig, seed: int, device: torch.device
-) -> tuple[CVAE, list[float]]:
-    """Train one ensemble member and return it with its mean loss per epoch (nats per data point).
-
-    An epoch is ``data_points / batch_size`` steps, as if every event-day were a row of its own.
-    When ``epochs`` such epochs make fewer than ``min_steps`` steps (a small data set), training
-    runs more epochs until it reaches ``min_steps``: fifty steps leave the encoder untrained, and
-    every day then gets about the same KL value.
-    Each step draws ``batch_size`` event-days with replacement, in proportion to the weights, and
-    computes each distinct row of the draw once, weighted by how often it was drawn. The expected
-    gradient equals that of a batch of separate rows, at the cost of the distinct rows only.
-
-    Every random choice (initial weights, batches, the sampled latent) comes from ``seed``, drawn
-    inside a forked random state so callers' generators are untouched.
-    """
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        torch.manual_seed(seed)
-        model = CVAE(event_count, settings.encoder_units, settings.latent_dim, settings.dropout).to(device)
-        optimiser = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
-        counts = torch.as_tensor(data.counts, dtype=torch.float32, device=device)
-        inputs = model_inputs(counts)
-        events = torch.as_tensor(data.events, dtype=torch.long, device=device)
-        draw_generator = torch.Generator().manual_seed(seed)
-        probabilities = torch.as_tensor(data.weights, dtype=torch.float64)
-        steps = max(1, -(-data.data_points // settings.batch_size))
-        epochs = max(settings.epochs, -(-settings.min_steps // steps))
-
-        losses: list[float] = []
-        model.train()
-        for _ in range(epochs):
-            total = 0.0
-            for _ in range(steps):
-                draw = torch.multinomial(probabilities, settings.batch_size, replacement=True, generator=draw_generator)
-                batch, drawn = torch.unique(draw, return_counts=True)
-                batch, drawn = batch.to(device), drawn.to(device=device, dtype=torch.float32)
-                output, mean, log_variance = model(inputs[batch], events[batch])
-                per_row = reconstruction_loss(output, counts[batch], settings.likelihood) + kl_divergence(mean, log_variance)
-                loss = torch.sum(per_row * drawn) / settings.batch_size
-                optimiser.zero_grad(set_to_none=True)
-                loss.backward()
-                optimiser.step()
-                total += float(loss.detach())
-            losses.append(total / steps)
-    model.eval()
-    return model, losses
-
-
 @torch.no_grad()
 def score_kl(model: CVAE, counts: np.ndarray, events: np.ndarray, device: torch.device, batch_size: int = 8192) -> np.ndarray:
     """Return the KL divergence of each row, in nats, with the model in evaluation mode."""
@@ -237,26 +189,39 @@ def train_ensemble(
     first_day: str,
     last_day: str,
     settings: ModelConfig,
+    on_epoch: Callable[[int, int], None] | None = None,
 ) -> Ensemble:
-    """Train ``settings.ensemble_size`` members, member i with seed ``settings.seed + i``."""
+    """Train ``settings.ensemble_size`` members, member i from seed ``settings.seed + i``, all together.
+
+    See ``loglatent.stacked`` for how the members are trained side by side. ``on_epoch(epoch,
+    epochs)`` is called after each epoch.
+    """
+    from loglatent.stacked import ensemble_kl, train_stacked
+
     device = resolve_device(settings.device)
     torch.set_num_threads(max(1, os.cpu_count() or 1))
+    seeds = [settings.seed + member for member in range(settings.ensemble_size)]
 
-    members: list[CVAE] = []
-    losses: list[list[float]] = []
     started = time.monotonic()
     log.info("Training %d members on %d data points (%d distinct) on %s; model.epochs %d",
-             settings.ensemble_size, int(data.weights.sum()), len(data.counts), device, settings.epochs)
-    for member in range(settings.ensemble_size):
-        member_started = time.monotonic()
-        model, member_losses = train_member(data, len(vocabulary), settings, settings.seed + member, device)
-        members.append(model.cpu())
-        losses.append(member_losses)
-        log.info("Trained member %d of %d in %.0f s: final loss %.2f", member + 1, settings.ensemble_size,
-                 time.monotonic() - member_started, member_losses[-1])
-    seconds = time.monotonic() - started
+             settings.ensemble_size, data.data_points, len(data.counts), device, settings.epochs)
+    last_report = [started]
 
-    kl_ranges = [float(np.ptp(score_kl(m, data.counts, data.events, torch.device("cpu")))) for m in members]
+    def progress(epoch: int, epochs: int) -> None:
+        if on_epoch is not None:
+            on_epoch(epoch, epochs)
+        now = time.monotonic()
+        if now - last_report[0] >= 30 or epoch == epochs:
+            last_report[0] = now
+            log.info("Epoch %d of %d after %.0f s", epoch, epochs, now - started)
+
+    members, losses = train_stacked(data, len(vocabulary), settings, seeds, device, progress)
+    seconds = time.monotonic() - started
+    log.info("Trained %d members in %.0f s: final loss %.2f to %.2f", len(members), seconds,
+             min(member_losses[-1] for member_losses in losses), max(member_losses[-1] for member_losses in losses))
+
+    kl = ensemble_kl(members, data.counts, data.events)
+    kl_ranges = [float(np.ptp(row)) if row.size else 0.0 for row in kl]
     if max(kl_ranges) < COLLAPSED_KL_RANGE:
         log.warning(
             "The trained model scores every training day within %.3f nats of the others, so detection will "
@@ -271,7 +236,7 @@ def train_ensemble(
         "data_points": data.data_points,
         "distinct_data_points": len(data.counts),
         "events": len(vocabulary),
-        "seeds": [settings.seed + member for member in range(settings.ensemble_size)],
+        "seeds": seeds,
         "final_loss": [member_losses[-1] for member_losses in losses],
         "kl_range": kl_ranges,
         "loss_per_epoch": losses,
