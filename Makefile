@@ -4,7 +4,7 @@
 PYTHON ?= python3
 VENV ?= .venv
 
-.PHONY: demo test bench-ingest es-start es-stop clean
+.PHONY: demo test bench-ingest bench-train es-start es-stop clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -21,6 +21,9 @@ test: $(VENV)/.installed
 
 bench-ingest: $(VENV)/.installed
 	$(VENV)/bin/python benchmarks/ingest_bench.py
+
+bench-train: $(VENV)/.installed
+	$(VENV)/bin/python benchmarks/train_bench.py
 
 es-start:
 	scripts/elasticsearch.sh start

@@ -141,7 +141,7 @@ def run_product(options: dict[str, Any]) -> dict[str, Any]:
         row_of = np.arange(events * days).reshape(events, days)
     settings = ModelConfig(ensemble_size=options["members"], epochs=options["epochs"], device=options["device"],
                            batch_size=options["batch_size"], seed=options["seed"], compile=options["compile"],
-                           precision=options["precision"])
+                           precision=options["precision"], min_steps=options["min_steps"])
     vocabulary = [(host, index) for index, host in enumerate(corpus.hosts)]
     epoch_ends: list[float] = []
     started = time.perf_counter()
@@ -272,7 +272,9 @@ def report(options: dict[str, Any], product: dict[str, Any], reference: dict[str
         f"  labels                {quality(product['result'])}",
     ]
     if "result_at_reference_size" in product:
-        lines.append(f"  {'first ' + str(reference['members']) + ' members':21} {quality(product['result_at_reference_size'])}")
+        size = reference["members"]
+        label = "member 1 alone" if size == 1 else f"members 1 to {size}"
+        lines.append(f"  {label:21} {quality(product['result_at_reference_size'])}")
     lines += [
         "",
         f"reference: one model after another, dense one-hot, float32, batch {REFERENCE_BATCH}",
@@ -304,6 +306,8 @@ def main() -> None:
     parser.add_argument("--reference-members", type=int, help="members the reference trains (default: --members)")
     parser.add_argument("--reference-epochs", type=int, help="epochs the reference trains (default: --epochs)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")
+    parser.add_argument("--min-steps", type=int, default=ModelConfig().min_steps,
+                        help="the product's model.min_steps; 1 runs exactly --epochs epochs")
     parser.add_argument("--precision", choices=("auto", "bf16", "fp32"), default="auto",
                         help="the product's model.precision")
     parser.add_argument("--no-compile", action="store_true", help="train the product without torch.compile")
@@ -316,6 +320,7 @@ def main() -> None:
         "events": args.events, "devices": args.devices, "days": args.days, "seed": args.seed,
         "members": args.members, "epochs": args.epochs, "batch_size": args.batch_size, "device": args.device,
         "compile": not args.no_compile, "precision": args.precision, "dedupe": not args.no_dedupe,
+        "min_steps": args.min_steps,
         "reference_members": min(args.reference_members or args.members, args.members),
         "reference_epochs": min(args.reference_epochs or args.epochs, args.epochs),
     }

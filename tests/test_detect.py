@@ -123,3 +123,13 @@ def test_multi_day_burst_flagged_each_day() -> None:
     # The first six days of the new level are anomalies; from the seventh on it is a cluster.
     assert [day for day in flagged if day >= 170] == list(range(170, 176))
     assert len(flagged) == 9
+
+
+def test_sorted_percentiles_equal_numpy() -> None:
+    from loglatent.detect import sorted_percentiles
+
+    rng = np.random.default_rng(8)
+    for width in (7, 8, 100, 365):
+        values = np.sort(rng.lognormal(0.0, 2.0, size=(50, width)), axis=1)
+        expected = np.percentile(values, [10, 90], axis=1)
+        assert np.array_equal(sorted_percentiles(values, (10, 90)), expected), width

@@ -39,6 +39,7 @@ log = logging.getLogger(__name__)
 # When the KL values of all distinct training rows lie within this many nats of each other, the
 # encoder has collapsed to the prior: its scores cannot tell days apart.
 COLLAPSED_KL_RANGE = 0.1
+COLLAPSE_CHECK_ROWS = 8192
 MAX_LOG_RATE = 20.0  # exp(20) is about 5e8 messages a minute: far above any real count
 
 
@@ -220,7 +221,9 @@ def train_ensemble(
     log.info("Trained %d members in %.0f s: final loss %.2f to %.2f", len(members), seconds,
              min(member_losses[-1] for member_losses in losses), max(member_losses[-1] for member_losses in losses))
 
-    kl = ensemble_kl(members, data.counts, data.events)
+    # Up to COLLAPSE_CHECK_ROWS rows spread over the set show a collapse as well as all of them.
+    sample = np.linspace(0, len(data.counts) - 1, min(len(data.counts), COLLAPSE_CHECK_ROWS)).astype(np.int64)
+    kl = ensemble_kl(members, data.counts[sample], data.events[sample])
     kl_ranges = [float(np.ptp(row)) if row.size else 0.0 for row in kl]
     if max(kl_ranges) < COLLAPSED_KL_RANGE:
         log.warning(

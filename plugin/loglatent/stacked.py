@@ -2,8 +2,8 @@
 
 Member m's weights of a layer are slice m of one (members x inputs x outputs) tensor, so a layer
 of the whole ensemble is one batched matrix product, and one Adam update covers every member.
-Each member still sees its own batches, its own dropout masks and its own initial weights: the
-members are as independent as when they are trained one after another.
+Each member still gets its own batches, dropout masks and initial weights, so the members are
+as independent as when they are trained one after another.
 
 Training is the same function as ``model.CVAE`` trained on its own, computed faster:
 
@@ -16,9 +16,12 @@ Training is the same function as ``model.CVAE`` trained on its own, computed fas
   weighted by the number of event-days it stands for, instead of every event-day. A row that
   stands for more than ``MAX_ROW_WEIGHT`` event-days (an event's silent days) is split into
   pieces spread over the epoch, so that no single batch is dominated by one of them.
-- **Fused steps.** ReLU and dropout share one operation and one saved tensor; the
-  reconstruction loss returns its gradient from the forward pass; random bits for dropout come
-  from NumPy's PCG64 generator, several times faster than PyTorch's CPU ``bernoulli_``.
+- **Fused steps.** ``torch.compile`` turns each element-wise step into one loop (``Kernels``):
+  ReLU with dropout (and the event's condition row added) keeps one tensor for the backward
+  pass; the reconstruction loss computes its gradient in the forward pass; the Adam update reads
+  the bfloat16 gradients as they are and writes the bfloat16 copy of the weights for the next
+  step. Dropout masks come from NumPy's PCG64 generator, several times faster than PyTorch's
+  CPU ``bernoulli_``.
 
 Scoring stacks the encoders the same way and computes the KL values of all members in float32.
 """
@@ -198,9 +201,9 @@ def _adam_step(parameters: list[torch.Tensor], gradients: list[torch.Tensor], fi
 class Kernels:
     """The element-wise steps of a training step, compiled into fused loops by ``torch.compile``.
 
-    Each step reads and writes its tensors once when compiled, instead of once per operation:
-    the Adam update, for one, also writes the bfloat16 copy of the weights that the next step
-    multiplies with, and reads the bfloat16 gradients as they come.
+    Compiled, each step reads and writes its tensors once instead of once per operation. The Adam
+    update, for one, reads the bfloat16 gradients as they are and also writes the bfloat16 copy
+    of the weights that the next step multiplies with.
     Compiling needs a C++ compiler on the CPU (Triton on CUDA) and takes seconds the first time;
     where it fails, the same functions run uncompiled and a warning says so once.
     """
@@ -242,7 +245,7 @@ _KERNELS: dict[str, Callable[..., Any]] = {
 
 
 class _ReluDropout(torch.autograd.Function):
-    """``relu(x + shift) * keep``, where ``keep`` holds 0 or 1 / (1 - dropout) per unit.
+    """``relu(x + shift) * keep``, where ``keep`` contains 0 or 1 / (1 - dropout) per unit.
 
     ``shift`` (the event's row of a condition table, or None) is added inside the same loop. The
     derivative is ``scale`` where the output is positive and 0 elsewhere, so the output is the
@@ -281,9 +284,9 @@ def epoch_rows(weights: np.ndarray, max_weight: float = MAX_ROW_WEIGHT) -> tuple
 class _DropoutBits:
     """Dropout masks from NumPy's PCG64 generator: 16-bit uniform integers against a threshold.
 
-    The share of dropped units is ``dropout`` rounded to a multiple of 1/65,536. A mask holds 0
-    for a dropped unit and 1 / (1 - dropout) for a kept one, in the dtype of the products;
-    NumPy writes the dtype's bit pattern directly.
+    The share of dropped units is ``dropout`` rounded to a multiple of 1/65,536. A mask contains
+    0 for a dropped unit and 1 / (1 - dropout) for a kept one, in the dtype of the products, and
+    NumPy writes that dtype's bit pattern directly.
     """
 
     def __init__(self, seed: int, dropout: float, dtype: torch.dtype, device: torch.device) -> None:
@@ -299,7 +302,7 @@ class _DropoutBits:
 
     def masks(self, sizes: Sequence[int]) -> list[torch.Tensor]:
         total = sum(sizes)
-        # Each raw 64-bit draw of the generator holds four 16-bit uniform integers.
+        # Each raw 64-bit draw of the generator contains four 16-bit uniform integers.
         uniform = self.generator.bit_generator.random_raw(-(-total // 4)).view(np.int16)[:total]
         bits = np.empty(total, dtype=self.numpy_dtype)
         np.multiply(uniform >= self.threshold, self.pattern, out=bits, casting="unsafe")  # type: ignore[call-overload]
@@ -370,18 +373,20 @@ def train_stacked(
     """Train one member per seed, all together, and return them with each one's mean loss per epoch.
 
     Member i starts from the weights ``CVAE(...)`` draws under ``torch.manual_seed(seeds[i])``.
-    The batches, dropout masks and latent draws of all members come from ``seeds[0]``, one
-    stream per member. An epoch visits every entry of ``epoch_rows`` once per member, in an order
-    of its own, ``batch_size`` entries a step; a step's loss is the weighted mean over the
-    event-days its entries stand for. When ``epochs`` epochs make fewer than ``min_steps`` steps,
-    training runs more epochs until it reaches ``min_steps``. ``progress(epoch, epochs)`` is
-    called after each epoch.
+    The batch orders, dropout masks and latent draws come from generators seeded with
+    ``seeds[0]``, which draw separate values for each member. An epoch visits every entry of
+    ``epoch_rows`` once per member, in an order of its own, ``batch_size`` entries a step. A
+    step's loss is the weighted mean over the event-days that its entries stand for. When
+    ``epochs`` epochs make fewer than ``min_steps`` steps, training runs more epochs until it
+    reaches ``min_steps``. ``progress(epoch, epochs)`` is called after each epoch.
     """
     members = []
     for seed in seeds:
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             members.append(CVAE(event_count, settings.encoder_units, settings.latent_dim, settings.dropout))
+    # NOTE: the CUDA path (device generators, bfloat16 products, Triton kernels) has not yet run
+    # on a GPU; the CPU path is the one measured and tested.
     stack = StackedWeights(members, device)
     dtype = compute_dtype(settings.precision, device)
     member_count = len(members)
