@@ -71,7 +71,7 @@ def evaluate(likelihood: str, seeds: list[int], epochs: int, members: int) -> di
         for position in range(detection.min_cluster_days - 1, len(days)):
             start = max(0, position - detection.history_days + 1)
             windows = kl[:, :, start:position + 1].reshape(-1, position - start + 1)
-            eps = choose_eps(windows, detection.min_cluster_days, detection.eps_mad_factor, detection.min_eps)
+            eps = choose_eps(windows, detection.spread_factor, detection.min_eps)
             flags = last_is_noise(windows, eps, detection.min_cluster_days).reshape(members, -1).T
             anomalous, _ = vote(flags)
             for index in np.flatnonzero(anomalous):

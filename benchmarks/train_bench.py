@@ -182,6 +182,7 @@ def run_reference(options: dict[str, Any]) -> dict[str, Any]:
     corpus = generate(options["events"], options["devices"], options["days"], options["seed"])
     events, days, _ = corpus.counts.shape
     device = resolve_device(options["device"])
+    torch.set_num_threads(max(1, os.cpu_count() or 1))  # as train_ensemble does
     counts = torch.as_tensor(corpus.counts.reshape(events * days, MINUTES), device=device)
     event_of_row = torch.arange(events, device=device).repeat_interleave(days)
     logging.basicConfig(level=logging.INFO, format="  %(message)s", stream=sys.stderr)

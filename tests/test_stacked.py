@@ -162,6 +162,8 @@ def test_bf16_is_used_only_where_supported() -> None:
     assert compute_dtype("fp32", CPU) == torch.float32
     assert compute_dtype("bf16", CPU) == torch.bfloat16
     assert compute_dtype("auto", CPU) in (torch.float32, torch.bfloat16)
+    if not (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()):
+        assert compute_dtype("auto", CPU) == torch.float32
 
 
 def test_failed_compile_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPatch,
@@ -182,3 +184,13 @@ def test_failed_compile_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPa
     assert len(warnings) == 1
     assert "no C++ compiler found" in warnings[0].getMessage()
     assert "model.compile: false" in warnings[0].getMessage()
+
+
+def test_compile_error_at_setup_falls_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    def unsupported(function: object, **options: object) -> object:
+        raise RuntimeError("Dynamo is not supported on this Python version")
+
+    monkeypatch.setattr(torch, "compile", unsupported)
+    kernels = Kernels(True)
+    assert kernels.relu_dropout(torch.tensor([-1.0, 3.0]), torch.tensor([2.0, 0.0])).tolist() == [0.0, 0.0]
+    assert kernels.compile is False

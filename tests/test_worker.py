@@ -22,11 +22,11 @@ from loglatent.state import StateStore
 from loglatent.synthetic import generate
 from loglatent.worker import LAST_DETECTED, Worker
 
-MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 60\n"
+MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 60\n  compile: false\n"
 # A schedule that fires nothing during a test but the hourly digest, and a model that trains in seconds.
 QUIET = "schedule:\n  state_index: {state}\n  lease_seconds: 6\n  ingest:\n    cron: '0 0 1 1 *'\n" \
         "  detect:\n    cron: '0 0 1 1 *'\n  train:\n    cron: '0 0 1 1 *'\n  digest:\n    cron: '0 * * * *'\n"
-TINY = "model:\n  ensemble_size: 1\n  epochs: 1\n  min_steps: 30\ndetection:\n  backfill_days: 2\n"
+TINY = "model:\n  ensemble_size: 1\n  epochs: 1\n  min_steps: 30\n  compile: false\ndetection:\n  backfill_days: 2\n"
 
 
 @pytest.fixture
