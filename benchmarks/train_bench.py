@@ -1,6 +1,6 @@
 """Paper-scale training and scoring: loglatent's ensemble trainer against a plain reference.
 
-Generates a labelled corpus of the paper's shape (120 events x 456 days x 1,440 minutes, see
+Generates a labelled corpus of the shape of Otomo et al.'s data set (BIG-DAMA 2018) (120 events x 456 days x 1,440 minutes, see
 ``loglatent.corpus``), then, on the same data and in the same run:
 
 - trains the ensemble with the product's trainer (``loglatent.model.train_ensemble``), scores
@@ -53,7 +53,7 @@ REFERENCE_BATCH = 256
 
 
 class ReferenceCVAE(nn.Module):
-    """The paper's CVAE written the plain way: the one-hot condition concatenated to the input."""
+    """The CVAE of Otomo et al. written the plain way: the one-hot condition concatenated to the input."""
 
     def __init__(self, events: int, units: tuple[int, ...] = (512, 256, 128, 64), latent: int = 10,
                  dropout: float = 0.3) -> None:
