@@ -15,7 +15,7 @@ LOGLATENT_ES_URL="$(scripts/elasticsearch.sh start)"
 export LOGLATENT_ES_URL
 echo "Elasticsearch: $LOGLATENT_ES_URL"
 
-# The demo owns these names: start from scratch, so every run shows the same result.
+# The demo owns these names: start from scratch, so that no earlier run's data changes the result.
 echo "== Removing the previous demo's indices ($INDEX, $OUTPUT_INDEX) and demo/data"
 curl -fsS -X DELETE "$LOGLATENT_ES_URL/$INDEX,$OUTPUT_INDEX?ignore_unavailable=true" >/dev/null
 rm -rf demo/data demo/output
@@ -28,7 +28,7 @@ echo "== Building per-event minute histograms"
 "$LOGLATENT" --config "$CONFIG" export-histograms --out demo/output/histograms.npz
 
 echo "== Training the CVAE ensemble (see demo/config.yaml for its size)"
-"$LOGLATENT" --config "$CONFIG" --log-level WARNING train
+"$LOGLATENT" --config "$CONFIG" --log-level INFO train  # INFO: one progress line every 30 s
 
 echo "== Scoring every day"
 "$LOGLATENT" --config "$CONFIG" --log-level WARNING detect --from 2005-06-09 --to 2006-02-28 --limit 25
