@@ -155,7 +155,8 @@ def test_training_learns_and_separates_the_burst(precision: str) -> None:
         assert member_losses[-1] < 0.5 * member_losses[0]
     kl = ensemble_kl(trained, data.counts, data.events)
     # Every member scores the burst day (last row) far from the same event's silent days (first row).
-    assert np.all(np.abs(kl[:, -1] - kl[:, 0]) > 0.5)
+    # 0.3 nats is three times the range below which train reports a collapsed encoder.
+    assert np.all(np.abs(kl[:, -1] - kl[:, 0]) > 0.3)
 
 
 def test_bf16_is_used_only_where_supported() -> None:
