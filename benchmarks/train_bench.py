@@ -48,6 +48,9 @@ from loglatent.jobs import judge_scores  # noqa: E402
 from loglatent.model import TrainingSet, kl_divergence, resolve_device, train_ensemble  # noqa: E402
 from loglatent.stacked import compute_dtype, ensemble_kl  # noqa: E402
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ingest_bench import cpu_model  # noqa: E402
+
 MINUTES = 1440
 REFERENCE_BATCH = 256
 
@@ -217,17 +220,7 @@ def run_reference(options: dict[str, Any]) -> dict[str, Any]:
 def _device_name(device: torch.device) -> str:
     if device.type == "cuda":
         return f"cuda ({torch.cuda.get_device_name(device)})"
-    return f"cpu ({_cpu_name()}, {os.cpu_count()} cores)"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown CPU"
+    return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
 def _in_child(function: Any, options: dict[str, Any]) -> dict[str, Any]:

@@ -109,7 +109,8 @@ def test_dropout_masks_keep_the_configured_share() -> None:
     bits = _DropoutBits(seed=5, dropout=0.3, dtype=torch.float32, device=CPU)
     first, second = bits.masks([400_000, 100_000])
     values = torch.cat([first, second])
-    assert first.numel() == 400_000 and second.numel() == 100_000
+    assert first.numel() == 400_000
+    assert second.numel() == 100_000
     assert torch.unique(values).tolist() == [0.0, pytest.approx(1 / 0.7, rel=1e-4)]
     assert (values > 0).float().mean().item() == pytest.approx(0.7, abs=0.003)
     # Unit means stay as they were without dropout.

@@ -89,7 +89,7 @@ def log_scale(scores: np.ndarray, offset: float) -> np.ndarray:
 def choose_eps(windows: np.ndarray, spread_factor: float, min_eps: float, ordered: bool = False) -> np.ndarray:
     """Return one ``eps`` per row: ``spread_factor`` times its interdecile range, at least ``min_eps``.
 
-    ``ordered`` says that each row is sorted already, which saves sorting it again.
+    ``ordered`` means that each row is sorted already, which saves sorting it again.
     """
     low, high = sorted_percentiles(windows, (10, 90)) if ordered else np.percentile(windows, [10, 90], axis=1)
     return np.maximum(spread_factor * (high - low), min_eps)

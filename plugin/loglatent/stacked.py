@@ -210,7 +210,7 @@ class Kernels:
     update, for one, reads the bfloat16 gradients as they are and also writes the bfloat16 copy
     of the weights that the next step multiplies with.
     Compiling needs a C++ compiler on the CPU (Triton on CUDA) and takes seconds the first time;
-    where it fails, the same functions run uncompiled and a warning says so once.
+    where it fails, the same functions run uncompiled after one warning.
     """
 
     def __init__(self, compile_kernels: bool) -> None:
@@ -327,7 +327,7 @@ def _forward(
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Run the stacked CVAE on (members x rows x minutes) ``inputs``, or (rows x minutes) shared by all members.
 
-    ``events`` holds each row's position in the (members x events) condition tables, flattened.
+    ``events`` contains each row's position in the (members x events) condition tables, flattened.
     ``keep`` yields one dropout mask per hidden layer (0 or ``scale`` per unit, in the dtype of
     the products), or nothing in evaluation mode, and ``scale`` is 1 / (1 - dropout). ``noise``
     is the standard normal draw of the latent, or None to stop after the encoder.
