@@ -46,7 +46,7 @@ from loglatent.corpus import generate  # noqa: E402
 from loglatent.evaluate import Tally, _distinct_rows  # noqa: E402
 from loglatent.jobs import judge_scores  # noqa: E402
 from loglatent.model import TrainingSet, kl_divergence, resolve_device, train_ensemble  # noqa: E402
-from loglatent.stacked import compute_dtype, ensemble_kl  # noqa: E402
+from loglatent.stacked import AdamSettings, batch_rows, compute_dtype, ensemble_kl, epoch_rows  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_bench import cpu_model  # noqa: E402
@@ -158,11 +158,18 @@ def run_product(options: dict[str, Any]) -> dict[str, Any]:
     kl_seconds = time.perf_counter() - started
     result, judge_seconds = judge(kl, corpus.labels, detection)
     device = resolve_device(settings.device)
+    entries = len(epoch_rows(training_set.weights.astype(np.float64))[0])
+    rows = batch_rows(entries, training_set.data_points, settings.batch_size)
+    steps = -(-entries // rows)
+    adam = AdamSettings.scaled(settings, training_set.data_points / steps, training_set.data_points)
     outcome = {
         "members": settings.ensemble_size,
         "epochs": len(ensemble.metadata["loss_per_epoch"][0]),
         "data_points": training_set.data_points,
         "distinct_rows": len(training_set.counts),
+        "steps_per_epoch": steps,
+        "rows_per_step": rows,
+        "adam": {"learning_rate": adam.learning_rate, "beta1": adam.beta1, "beta2": adam.beta2, "eps": adam.eps},
         "labelled": int(corpus.labels.sum()),
         "training_seconds": training_seconds,
         # Seconds per epoch after the first, which also compiles the kernels.
@@ -255,9 +262,12 @@ def report(options: dict[str, Any], product: dict[str, Any], reference: dict[str
         f"Library: torch {torch.__version__}, Python {platform.python_version()}.",
         "",
         "product: batched members, distinct rows with weights, "
-        f"{product['precision']} products, batch {options['batch_size']} rows",
+        f"{product['precision']} products, steps of {options['batch_size']} event-days",
         f"  device                {product['device']}",
         f"  ensemble              {product['members']} members x {product['epochs']} epochs",
+        f"  steps                 {product['steps_per_epoch']} an epoch of {product['rows_per_step']} rows; Adam "
+        f"lr {product['adam']['learning_rate']:.3g}, betas {product['adam']['beta1']:.3g} and "
+        f"{product['adam']['beta2']:.4g} (square-root rule)",
         f"  training wall time    {product['training_seconds']:.1f} s "
         f"({product['epoch_seconds'] or 0:.2f} s an epoch after the first)",
         f"  throughput            {product_rate:,.0f} data points x epochs per second (all members)",
@@ -274,6 +284,8 @@ def report(options: dict[str, Any], product: dict[str, Any], reference: dict[str
         f"reference: one model after another, dense one-hot, float32, batch {REFERENCE_BATCH}",
         f"  device                {reference['device']}",
         f"  ensemble              {reference['members']} members x {reference['epochs']} epochs",
+        f"  steps                 {-(-reference['data_points'] // REFERENCE_BATCH)} an epoch of {REFERENCE_BATCH} "
+        "event-days; Adam lr 0.001, betas 0.9 and 0.999",
         f"  training wall time    {reference['training_seconds']:.1f} s measured "
         f"({reference['training_seconds'] / (reference['members'] * reference['epochs']):.2f} s a member-epoch); "
         f"{reference_wall:.0f} s for {members} x {epochs} ({measured})",
@@ -296,7 +308,7 @@ def main() -> None:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--epochs", type=int, default=50)
     parser.add_argument("--batch-size", type=int, default=ModelConfig().batch_size,
-                        help="the product's rows per step (default: model.batch_size's default)")
+                        help="the product's event-days per step (default: model.batch_size's default)")
     parser.add_argument("--reference-members", type=int, help="members the reference trains (default: --members)")
     parser.add_argument("--reference-epochs", type=int, help="epochs the reference trains (default: --epochs)")
     parser.add_argument("--device", choices=("auto", "cpu", "cuda"), default="auto")

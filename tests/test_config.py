@@ -153,3 +153,12 @@ def test_display_names_and_zone_abbreviations(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, "source:\n  timezone: CEST\n"), environ={})
     assert "an abbreviation such as CEST names one season's offset" in str(error.value)
+
+
+def test_batch_beyond_the_scaling_rule_is_rejected(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "model:\n  batch_size: 4096\n"), environ={})
+    assert "batch_size 4096" in str(error.value)
+    assert "lower batch_size or raise learning_rate_batch" in str(error.value)
+    raised = load_config(write(tmp_path, "model:\n  batch_size: 4096\n  learning_rate_batch: 512\n"), environ={})
+    assert raised.model.batch_size == 4096

@@ -14,6 +14,8 @@ from loglatent.stacked import (
     _DropoutBits,
     _forward,
     _ReluDropout,
+    AdamSettings,
+    batch_rows,
     compute_dtype,
     ensemble_kl,
     epoch_rows,
@@ -98,7 +100,7 @@ def test_reconstruction_gradient_equals_autograd(compile_kernels: bool) -> None:
 def test_relu_dropout_gradient() -> None:
     x = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
     shift = torch.randn(3, 4, 5, dtype=torch.float64, requires_grad=True)
-    keep = (torch.rand(3, 4, 5) > 0.3).double() * 2.0
+    keep = (torch.rand(3, 4, 5) > 0.3).to(torch.uint8)
     kernels = Kernels(False)
     assert torch.autograd.gradcheck(lambda value: _ReluDropout.apply(value, None, keep, 2.0, kernels), (x,))
     assert torch.autograd.gradcheck(
@@ -111,10 +113,11 @@ def test_dropout_masks_keep_the_configured_share() -> None:
     values = torch.cat([first, second])
     assert first.numel() == 400_000
     assert second.numel() == 100_000
-    assert torch.unique(values).tolist() == [0.0, pytest.approx(1 / 0.7, rel=1e-4)]
-    assert (values > 0).float().mean().item() == pytest.approx(0.7, abs=0.003)
+    assert torch.unique(values).tolist() == [0, 1]
+    assert values.float().mean().item() == pytest.approx(0.7, abs=0.003)
+    assert bits.scale == pytest.approx(1 / 0.7, rel=1e-4)
     # Unit means stay as they were without dropout.
-    assert values.mean().item() == pytest.approx(1.0, abs=0.005)
+    assert (values * bits.scale).mean().item() == pytest.approx(1.0, abs=0.005)
     assert not torch.equal(bits.masks([1000])[0], bits.masks([1000])[0])
 
 
@@ -145,10 +148,31 @@ def corpus_set() -> TrainingSet:
     return TrainingSet(np.stack(rows), events, weights)
 
 
+def test_a_step_averages_batch_size_event_days() -> None:
+    # 54,720 event-days in 29,208 rows: 1,024 event-days a step is 547 rows, 54 steps an epoch.
+    assert batch_rows(29_208, 54_720, 1024) == 547
+    assert batch_rows(10, 5_000, 1024) == 2
+    assert batch_rows(10, 50, 1024) == 10
+    assert batch_rows(1000, 1000, 0) == 1
+
+
+def test_adam_settings_follow_the_square_root_rule() -> None:
+    settings = ModelConfig(learning_rate=1e-3, learning_rate_batch=256)
+    base = AdamSettings.scaled(settings, 256, 54_720)
+    assert (base.learning_rate, base.beta1, base.beta2, base.eps) == pytest.approx((1e-3, 0.9, 0.999, 1e-8))
+    four = AdamSettings.scaled(settings, 1024, 54_720)
+    assert (four.learning_rate, four.beta1, four.beta2, four.eps) == pytest.approx((2e-3, 0.6, 0.996, 5e-9))
+    half = AdamSettings.scaled(settings, 128, 54_720)
+    assert (half.learning_rate, half.beta1) == pytest.approx((1e-3 / np.sqrt(2), 0.95))
+    # A data set smaller than learning_rate_batch in one step trains as the plain settings would.
+    whole = AdamSettings.scaled(settings, 100, 100)
+    assert (whole.learning_rate, whole.beta1) == pytest.approx((1e-3, 0.9))
+
+
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
 def test_training_learns_and_separates_the_burst(precision: str) -> None:
     data = corpus_set()
-    settings = ModelConfig(ensemble_size=3, epochs=1, min_steps=150, batch_size=16, precision=precision,
+    settings = ModelConfig(ensemble_size=3, epochs=1, min_steps=150, batch_size=56, precision=precision,
                            encoder_units=[64, 32], latent_dim=4, device="cpu")
     trained, losses = train_stacked(data, 2, settings, [0, 1, 2], CPU)
     assert len(losses) == 3
@@ -178,10 +202,10 @@ def test_failed_compile_falls_back_with_one_warning(monkeypatch: pytest.MonkeyPa
     monkeypatch.setattr(torch, "compile", broken)
     kernels = Kernels(True)
     x = torch.tensor([-1.0, 2.0])
-    keep = torch.tensor([2.0, 2.0])
+    keep = torch.tensor([1, 1], dtype=torch.uint8)
     with caplog.at_level(logging.WARNING, logger="loglatent.stacked"):
-        assert kernels.relu_dropout(x, keep).tolist() == [0.0, 4.0]
-        assert kernels.relu_dropout(x, keep).tolist() == [0.0, 4.0]
+        assert kernels.relu_dropout(x, keep, 2.0).tolist() == [0.0, 4.0]
+        assert kernels.relu_dropout(x, keep, 2.0).tolist() == [0.0, 4.0]
     warnings = [record for record in caplog.records if "torch.compile failed" in record.getMessage()]
     assert len(warnings) == 1
     assert "no C++ compiler found" in warnings[0].getMessage()
@@ -194,5 +218,6 @@ def test_compile_error_at_setup_falls_back(monkeypatch: pytest.MonkeyPatch) -> N
 
     monkeypatch.setattr(torch, "compile", unsupported)
     kernels = Kernels(True)
-    assert kernels.relu_dropout(torch.tensor([-1.0, 3.0]), torch.tensor([2.0, 0.0])).tolist() == [0.0, 0.0]
+    keep = torch.tensor([1, 0], dtype=torch.uint8)
+    assert kernels.relu_dropout(torch.tensor([-1.0, 3.0]), keep, 2.0).tolist() == [0.0, 0.0]
     assert kernels.compile is False

@@ -27,6 +27,10 @@ from pydantic import (
 
 from loglatent.errors import ConfigError
 
+# The square-root rule scales Adam's beta1 to 1 - 0.1 x (batch ratio), which must stay positive
+# and not too small; 8 times learning_rate_batch leaves beta1 at 0.2.
+MAX_BATCH_RATIO = 8
+
 _ENV_REFERENCE = re.compile(r"\$\$\{|\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
 
@@ -162,9 +166,14 @@ class ModelConfig(_Section):
     ensemble_size: int = Field(default=10, ge=1, le=100)
     epochs: int = Field(default=50, ge=1, le=10_000)
     min_steps: int = Field(default=1000, ge=1)
-    # Rows per training step; a row stands for every identical day of its event (see loglatent.stacked).
-    batch_size: int = Field(default=512, ge=1)
+    # Event-days per training step. A row stands for every identical day of its event, so a step
+    # holds fewer rows than this where days repeat (see loglatent.stacked).
+    batch_size: int = Field(default=1024, ge=1)
+    # Adam's step size for steps of `learning_rate_batch` event-days. Larger or smaller steps
+    # scale it, and Adam's betas, by the square-root rule, so that the batch size sets the speed
+    # of training and not its course.
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
+    learning_rate_batch: int = Field(default=256, ge=1)
     encoder_units: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
     latent_dim: int = Field(default=10, ge=1, le=1024)
     dropout: float = Field(default=0.3, ge=0, lt=1)
@@ -176,6 +185,15 @@ class ModelConfig(_Section):
     # missing from the active model's vocabulary.
     retrain_unseen_share: float = Field(default=0.2, gt=0, le=1)
     keep_versions: int = Field(default=5, ge=1)
+
+    @model_validator(mode="after")
+    def _batch_within_scaling_rule(self) -> ModelConfig:
+        if self.batch_size > MAX_BATCH_RATIO * self.learning_rate_batch:
+            raise ValueError(
+                f"batch_size {self.batch_size} is more than {MAX_BATCH_RATIO} x learning_rate_batch "
+                f"({self.learning_rate_batch}); Adam's settings can be scaled for batches up to "
+                f"{MAX_BATCH_RATIO * self.learning_rate_batch} event-days: lower batch_size or raise learning_rate_batch")
+        return self
 
     @field_validator("encoder_units")
     @classmethod

@@ -31,6 +31,7 @@ from __future__ import annotations
 
 import logging
 import math
+from concurrent.futures import ThreadPoolExecutor
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -39,7 +40,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from loglatent.config import ModelConfig
+from loglatent.config import MAX_BATCH_RATIO, ModelConfig
 from loglatent.errors import StateError
 from loglatent.model import CVAE, MAX_LOG_RATE, TrainingSet, kl_divergence, model_inputs
 
@@ -174,12 +175,12 @@ def _bernoulli_terms(output: torch.Tensor, counts: torch.Tensor,
     return torch.sum(per_row * weights, dim=-1), gradient.to(output.dtype)
 
 
-def _relu_dropout(x: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.relu(x) * keep
+def _relu_dropout(x: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.relu(x) * keep * scale
 
 
-def _shifted_relu_dropout(x: torch.Tensor, shift: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
-    return torch.relu(x + shift) * keep
+def _shifted_relu_dropout(x: torch.Tensor, shift: torch.Tensor, keep: torch.Tensor, scale: float) -> torch.Tensor:
+    return torch.relu(x + shift) * keep * scale
 
 
 def _relu_dropout_backward(grad: torch.Tensor, output: torch.Tensor, scale: float) -> torch.Tensor:
@@ -249,8 +250,9 @@ _KERNELS: dict[str, Callable[..., Any]] = {
 
 
 class _ReluDropout(torch.autograd.Function):
-    """``relu(x + shift) * keep``, where ``keep`` contains 0 or 1 / (1 - dropout) per unit.
+    """``relu(x + shift) * keep * scale``, where ``keep`` is 1 for a kept unit and 0 for a dropped one.
 
+    ``keep`` is uint8, so a step's masks take one byte a unit, and ``scale`` is 1 / (1 - dropout).
     ``shift`` (the event's row of a condition table, or None) is added inside the same loop. The
     derivative is ``scale`` where the output is positive and 0 elsewhere, so the output is the
     one tensor the backward pass keeps, and x and shift get the same gradient.
@@ -260,9 +262,9 @@ class _ReluDropout(torch.autograd.Function):
     def forward(ctx: torch.autograd.function.FunctionCtx, x: torch.Tensor, shift: torch.Tensor | None,
                 keep: torch.Tensor, scale: float, kernels: Kernels) -> torch.Tensor:
         if shift is None:
-            output: torch.Tensor = kernels.relu_dropout(x, keep)
+            output: torch.Tensor = kernels.relu_dropout(x, keep, scale)
         else:
-            output = kernels.shifted_relu_dropout(x, shift, keep)
+            output = kernels.shifted_relu_dropout(x, shift, keep, scale)
         ctx.save_for_backward(output)
         ctx.scale, ctx.kernels, ctx.shifted = scale, kernels, shift is not None  # type: ignore[attr-defined]
         return output
@@ -285,33 +287,55 @@ def epoch_rows(weights: np.ndarray, max_weight: float = MAX_ROW_WEIGHT) -> tuple
     return rows, (weights / pieces)[rows].astype(np.float32)
 
 
+def batch_rows(entries: int, data_points: float, batch_size: int) -> int:
+    """Return the rows a step takes so that a step averages ``batch_size`` event-days over the epoch."""
+    return max(1, min(entries, round(entries * batch_size / data_points)))
+
+
+@dataclass(frozen=True)
+class AdamSettings:
+    learning_rate: float
+    beta1: float
+    beta2: float
+    eps: float
+
+    @classmethod
+    def scaled(cls, settings: ModelConfig, step_days: float, data_points: float) -> AdamSettings:
+        """Return Adam's settings for steps of ``step_days`` event-days by the square-root rule.
+
+        ``model.learning_rate`` and Adam's defaults (betas 0.9 and 0.999, eps 1e-8) hold for steps
+        of ``model.learning_rate_batch`` event-days, or of the whole data set where it is smaller.
+        For steps k times as large, the rule of Malladi et al. ("On the SDEs and Scaling Rules for
+        Adaptive Gradient Algorithms", NeurIPS 2022) multiplies the learning rate by sqrt(k) and
+        1 - beta by k, and divides eps by sqrt(k). Adam then follows approximately the same course
+        per epoch with k times fewer steps.
+        """
+        ratio = step_days / min(settings.learning_rate_batch, data_points)
+        ratio = min(ratio, MAX_BATCH_RATIO)
+        return cls(settings.learning_rate * math.sqrt(ratio), 1 - 0.1 * ratio, 1 - 0.001 * ratio,
+                   1e-8 / math.sqrt(ratio))
+
+
 class _DropoutBits:
     """Dropout masks from NumPy's PCG64 generator: 16-bit uniform integers against a threshold.
 
-    The share of dropped units is ``dropout`` rounded to a multiple of 1/65,536. A mask contains
-    0 for a dropped unit and 1 / (1 - dropout) for a kept one, in the dtype of the products, and
-    NumPy writes that dtype's bit pattern directly.
+    A mask holds 1 (uint8) for a kept unit and 0 for a dropped one. The share of dropped units is
+    ``dropout`` rounded to a multiple of 1/65,536, and ``scale``, by which kept units are
+    multiplied, is 1 / (1 - that share) rounded to the dtype of the products.
     """
 
     def __init__(self, seed: int, dropout: float, dtype: torch.dtype, device: torch.device) -> None:
         self.generator = np.random.default_rng(seed)
         self.threshold = np.int16(min(round(dropout * 65536) - 32768, 32767))
         kept = 1.0 - (int(self.threshold) + 32768) / 65536
-        # The scale as the masks store it, so that the backward pass multiplies by the same value.
         self.scale = float(torch.tensor(1.0 / kept if kept > 0 else 0.0, dtype=dtype))
-        bits_dtype = {torch.bfloat16: (torch.int16, np.int16), torch.float16: (torch.int16, np.int16),
-                      torch.float32: (torch.int32, np.int32)}[dtype]
-        self.pattern = bits_dtype[1](torch.tensor(self.scale, dtype=dtype).view(bits_dtype[0]).item())
-        self.numpy_dtype = bits_dtype[1]
-        self.dtype, self.device = dtype, device
+        self.device = device
 
     def masks(self, sizes: Sequence[int]) -> list[torch.Tensor]:
         total = sum(sizes)
         # Each raw 64-bit draw of the generator contains four 16-bit uniform integers.
         uniform = self.generator.bit_generator.random_raw(-(-total // 4)).view(np.int16)[:total]
-        bits = np.empty(total, dtype=self.numpy_dtype)
-        np.multiply(uniform >= self.threshold, self.pattern, out=bits, casting="unsafe")  # type: ignore[call-overload]
-        keep = torch.from_numpy(bits).view(self.dtype).to(self.device)
+        keep = torch.from_numpy((uniform >= self.threshold).view(np.uint8)).to(self.device)
         return list(torch.split(keep, list(sizes)))
 
 
@@ -328,8 +352,8 @@ def _forward(
     """Run the stacked CVAE on (members x rows x minutes) ``inputs``, or (rows x minutes) shared by all members.
 
     ``events`` contains each row's position in the (members x events) condition tables, flattened.
-    ``keep`` yields one dropout mask per hidden layer (0 or ``scale`` per unit, in the dtype of
-    the products), or nothing in evaluation mode, and ``scale`` is 1 / (1 - dropout). ``noise``
+    ``keep`` yields one dropout mask per hidden layer (see ``_DropoutBits``), or nothing in
+    evaluation mode, and ``scale`` is 1 / (1 - dropout). ``noise``
     is the standard normal draw of the latent, or None to stop after the encoder.
     Returns (decoder output or an empty tensor, mean, log-variance); mean and log-variance are float32.
     """
@@ -400,12 +424,14 @@ def train_stacked(
         raise StateError("no data points to train on; ingest logs first ('loglatent ingest')")
     rows, row_weights = epoch_rows(data.weights.astype(np.float64))
     entries = len(rows)
-    batch = min(settings.batch_size, entries)
+    batch = batch_rows(entries, data.data_points, settings.batch_size)
     steps = -(-entries // batch)
     epochs = max(settings.epochs, -(-settings.min_steps // steps))
+    adam = AdamSettings.scaled(settings, data.data_points / steps, data.data_points)
     log.info("Training %d members together on %s in %s: %d rows an epoch (%d distinct, %d data points), "
-             "%d steps an epoch, %d epochs", member_count, device, str(dtype).removeprefix("torch."), entries,
-             len(data.counts), data.data_points, steps, epochs)
+             "%d steps an epoch of %d rows, %d epochs; Adam lr %.3g, betas %.3g and %.5g",
+             member_count, device, str(dtype).removeprefix("torch."), entries, len(data.counts), data.data_points,
+             steps, batch, epochs, adam.learning_rate, adam.beta1, adam.beta2)
 
     inputs = model_inputs(data.counts).to(device=device, dtype=dtype)
     # The targets are stored in the dtype of the products too: bfloat16 is exact up to 256
@@ -425,7 +451,7 @@ def train_stacked(
     first_views = [stack.view(name, first_moment) for name in names]
     second_views = [stack.view(name, second_moment) for name in names]
     low_views = [stack.view(name, low) for name in names]
-    beta1, beta2, adam_eps = 0.9, 0.999, 1e-8
+    beta1, beta2, adam_eps = adam.beta1, adam.beta2, adam.eps
     adam_steps = 0
     order_generator = torch.Generator(device="cpu").manual_seed(seeds[0])
     noise_generator = torch.Generator(device=device).manual_seed(seeds[0] + 1)
@@ -435,40 +461,50 @@ def train_stacked(
     widths = units + units[::-1]
 
     losses = torch.zeros((epochs, member_count), dtype=torch.float64, device=device)
-    for epoch in range(epochs):
-        order = torch.argsort(torch.rand((member_count, entries), generator=order_generator), dim=1).to(device)
-        for start in range(0, entries, batch):
-            picked = order[:, start:start + batch]
-            size = picked.shape[1]
-            chosen = row_index[picked]
-            weight = row_weight[picked]
-            weight = weight / weight.sum(dim=1, keepdim=True)
-            flat_rows = chosen.reshape(-1)
+    step_sizes = [min(batch, entries - start) for start in range(0, entries, batch)]
 
-            leaves = {name: view.detach().requires_grad_() for name, view in zip(names, low_views)}
-            masks = iter(bits.masks([member_count * size * width for width in widths]))
-            noise = torch.randn((member_count, size, settings.latent_dim), generator=noise_generator, device=device)
-            output, mean, log_variance = _forward(
-                leaves.__getitem__, stack.hidden_layers,
-                inputs.index_select(0, flat_rows).view(member_count, size, -1),
-                (events[chosen] + member_offset).reshape(-1), masks, bits.scale, noise, kernels)
-            target = counts.index_select(0, flat_rows).view(member_count, size, -1)
-            terms = kernels.poisson_terms if settings.likelihood == "poisson" else kernels.bernoulli_terms
-            reconstruction, output_gradient = terms(output.detach(), target, weight)
-            kl = torch.sum(kl_divergence(mean, log_variance) * weight, dim=1)
-            # The reconstruction's gradient is already known: start the backward pass from it.
-            torch.autograd.backward([output, kl.sum()], [output_gradient, None])
-            per_member = reconstruction + kl.detach()
-            adam_steps += 1
-            with torch.no_grad():
-                gradients = [leaves[name].grad for name in names]
-                step_size = torch.tensor(settings.learning_rate / (1 - beta1 ** adam_steps), device=device)
-                correction = torch.tensor(math.sqrt(1 - beta2 ** adam_steps), device=device)
-                kernels.adam_step(master_views, gradients, first_views, second_views, low_views, step_size,
-                                  correction, beta1, beta2, adam_eps)
-                losses[epoch] += per_member.detach()
-        if progress is not None:
-            progress(epoch + 1, epochs)
+    def step_masks(size: int) -> list[torch.Tensor]:
+        return bits.masks([member_count * size * width for width in widths])
+
+    # A helper thread draws the next step's dropout masks while this step trains. It draws them
+    # in the same order as the loop would, so the masks are the same.
+    with ThreadPoolExecutor(1, thread_name_prefix="loglatent-dropout") as helper:
+        upcoming = helper.submit(step_masks, step_sizes[0])
+        for epoch in range(epochs):
+            order = torch.argsort(torch.rand((member_count, entries), generator=order_generator), dim=1).to(device)
+            for index, start in enumerate(range(0, entries, batch)):
+                picked = order[:, start:start + batch]
+                size = picked.shape[1]
+                chosen = row_index[picked]
+                weight = row_weight[picked]
+                weight = weight / weight.sum(dim=1, keepdim=True)
+                flat_rows = chosen.reshape(-1)
+
+                leaves = {name: view.detach().requires_grad_() for name, view in zip(names, low_views)}
+                masks = iter(upcoming.result())
+                upcoming = helper.submit(step_masks, step_sizes[(index + 1) % len(step_sizes)])
+                noise = torch.randn((member_count, size, settings.latent_dim), generator=noise_generator, device=device)
+                output, mean, log_variance = _forward(
+                    leaves.__getitem__, stack.hidden_layers,
+                    inputs.index_select(0, flat_rows).view(member_count, size, -1),
+                    (events[chosen] + member_offset).reshape(-1), masks, bits.scale, noise, kernels)
+                target = counts.index_select(0, flat_rows).view(member_count, size, -1)
+                terms = kernels.poisson_terms if settings.likelihood == "poisson" else kernels.bernoulli_terms
+                reconstruction, output_gradient = terms(output.detach(), target, weight)
+                kl = torch.sum(kl_divergence(mean, log_variance) * weight, dim=1)
+                # The reconstruction's gradient is already known: start the backward pass from it.
+                torch.autograd.backward([output, kl.sum()], [output_gradient, None])
+                per_member = reconstruction + kl.detach()
+                adam_steps += 1
+                with torch.no_grad():
+                    gradients = [leaves[name].grad for name in names]
+                    step_size = torch.tensor(adam.learning_rate / (1 - beta1 ** adam_steps), device=device)
+                    correction = torch.tensor(math.sqrt(1 - beta2 ** adam_steps), device=device)
+                    kernels.adam_step(master_views, gradients, first_views, second_views, low_views, step_size,
+                                      correction, beta1, beta2, adam_eps)
+                    losses[epoch] += per_member.detach()
+            if progress is not None:
+                progress(epoch + 1, epochs)
 
     stack.write_back(members)
     for member in members:
