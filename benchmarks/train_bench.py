@@ -46,7 +46,7 @@ from loglatent.corpus import generate  # noqa: E402
 from loglatent.evaluate import Tally, _distinct_rows  # noqa: E402
 from loglatent.jobs import judge_scores  # noqa: E402
 from loglatent.model import TrainingSet, kl_divergence, resolve_device, train_ensemble  # noqa: E402
-from loglatent.stacked import AdamSettings, batch_rows, compute_dtype, ensemble_kl, epoch_rows  # noqa: E402
+from loglatent.stacked import compute_dtype, ensemble_kl, epoch_rows, step_plan  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from ingest_bench import cpu_model  # noqa: E402
@@ -159,9 +159,7 @@ def run_product(options: dict[str, Any]) -> dict[str, Any]:
     result, judge_seconds = judge(kl, corpus.labels, detection)
     device = resolve_device(settings.device)
     entries = len(epoch_rows(training_set.weights.astype(np.float64))[0])
-    rows = batch_rows(entries, training_set.data_points, settings.batch_size)
-    steps = -(-entries // rows)
-    adam = AdamSettings.scaled(settings, training_set.data_points / steps, training_set.data_points)
+    rows, steps, adam = step_plan(entries, training_set.data_points, settings)
     outcome = {
         "members": settings.ensemble_size,
         "epochs": len(ensemble.metadata["loss_per_epoch"][0]),
@@ -322,6 +320,10 @@ def main() -> None:
     parser.add_argument("--skip-reference", action="store_true", help="run the product only")
     parser.add_argument("--json", type=Path, help="also write the measurements to this file")
     args = parser.parse_args()
+    try:
+        ModelConfig(batch_size=args.batch_size)
+    except ValueError as exc:
+        parser.error(f"--batch-size: {exc}")
     options = {
         "events": args.events, "devices": args.devices, "days": args.days, "seed": args.seed,
         "members": args.members, "epochs": args.epochs, "batch_size": args.batch_size, "device": args.device,

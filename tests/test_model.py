@@ -15,6 +15,7 @@ from loglatent.model import (
     save_ensemble,
     score_kl,
     train_ensemble,
+    unsettled_members,
 )
 from loglatent.stacked import train_stacked
 
@@ -96,7 +97,7 @@ def test_ensemble_round_trip(tmp_path: Path) -> None:
 
 
 def test_small_data_runs_min_steps() -> None:
-    data = small_set()  # 40 distinct rows, 43 with the silent row's pieces: one step an epoch
+    data = small_set()  # 40 distinct rows (the silent row weighs 30, under the 32 that splits a row): one step an epoch
     settings = SMALL.model_copy(update={"epochs": 2, "min_steps": 5})
     _, losses = train_stacked(data, 4, settings, [0], torch.device("cpu"))
     assert len(losses[0]) == 5
@@ -109,3 +110,11 @@ def test_collapsed_model_is_reported(caplog: pytest.LogCaptureFixture) -> None:
         ensemble = train_ensemble(data, [("r1", 1), ("r1", 2), ("r2", 1), ("r2", 7)], "2024-01-01", "2024-02-09", untrained)
     assert ensemble.metadata["kl_range"][0] < 0.1
     assert "raise model.epochs or model.min_steps" in caplog.text
+
+
+def test_unsettled_members_are_loss_outliers() -> None:
+    assert unsettled_members([182.0, 181.2, 396.3, 183.0]) == [2]
+    assert unsettled_members([182.0, 181.2, 183.0, 184.9]) == []
+    assert unsettled_members([182.0, 400.0, 410.0, 181.0, 183.0]) == [1, 2]
+    # Two members are too few to tell which one is off.
+    assert unsettled_members([100.0, 400.0]) == []

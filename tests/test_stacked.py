@@ -113,6 +113,7 @@ def test_dropout_masks_keep_the_configured_share() -> None:
     values = torch.cat([first, second])
     assert first.numel() == 400_000
     assert second.numel() == 100_000
+    assert first.dtype == torch.uint8
     assert torch.unique(values).tolist() == [0, 1]
     assert values.float().mean().item() == pytest.approx(0.7, abs=0.003)
     assert bits.scale == pytest.approx(1 / 0.7, rel=1e-4)
@@ -151,9 +152,11 @@ def corpus_set() -> TrainingSet:
 def test_a_step_averages_batch_size_event_days() -> None:
     # 54,720 event-days in 29,208 rows: 1,024 event-days a step is 547 rows, 54 steps an epoch.
     assert batch_rows(29_208, 54_720, 1024) == 547
-    assert batch_rows(10, 5_000, 1024) == 2
+    # Rows of 32 event-days each: 1,024 event-days are 32 of them.
+    assert batch_rows(100, 3_200, 1024) == 32
+    assert batch_rows(100, 3_200, 16) == 1
+    # A set smaller than a batch is one step.
     assert batch_rows(10, 50, 1024) == 10
-    assert batch_rows(1000, 1000, 0) == 1
 
 
 def test_adam_settings_follow_the_square_root_rule() -> None:
@@ -167,6 +170,12 @@ def test_adam_settings_follow_the_square_root_rule() -> None:
     # A data set smaller than learning_rate_batch in one step trains as the plain settings would.
     whole = AdamSettings.scaled(settings, 100, 100)
     assert (whole.learning_rate, whole.beta1) == pytest.approx((1e-3, 0.9))
+    # Smaller than learning_rate_batch, but in two steps: each is half the set.
+    halves = AdamSettings.scaled(settings, 50, 100)
+    assert (halves.learning_rate, halves.beta1) == pytest.approx((1e-3 / np.sqrt(2), 0.95))
+    # Beyond 8 times, the settings stay those of 8 times.
+    capped = AdamSettings.scaled(settings, 4096, 54_720)
+    assert (capped.learning_rate, capped.beta1) == pytest.approx((1e-3 * np.sqrt(8), 0.2))
 
 
 @pytest.mark.parametrize("precision", ["fp32", "bf16"])
@@ -176,6 +185,9 @@ def test_training_learns_and_separates_the_burst(precision: str) -> None:
                            encoder_units=[64, 32], latent_dim=4, device="cpu")
     trained, losses = train_stacked(data, 2, settings, [0, 1, 2], CPU)
     assert len(losses) == 3
+    # 34 entries (the silent row in two pieces) and 111 event-days: 56 event-days are 17 rows,
+    # so 2 steps an epoch, and 75 epochs reach the 150 steps.
+    assert len(losses[0]) == 75
     for member_losses in losses:
         assert member_losses[-1] < 0.5 * member_losses[0]
     kl = ensemble_kl(trained, data.counts, data.events)

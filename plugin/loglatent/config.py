@@ -171,7 +171,7 @@ class ModelConfig(_Section):
     batch_size: int = Field(default=1024, ge=1)
     # Adam's step size for steps of `learning_rate_batch` event-days. Larger or smaller steps
     # scale it, and Adam's betas, by the square-root rule, so that the batch size sets the speed
-    # of training and not its course.
+    # of training and, approximately, not its course.
     learning_rate: float = Field(default=1e-3, gt=0, lt=1)
     learning_rate_batch: int = Field(default=256, ge=1)
     encoder_units: list[int] = Field(default_factory=lambda: [512, 256, 128, 64], min_length=1)
@@ -190,9 +190,11 @@ class ModelConfig(_Section):
     def _batch_within_scaling_rule(self) -> ModelConfig:
         if self.batch_size > MAX_BATCH_RATIO * self.learning_rate_batch:
             raise ValueError(
-                f"batch_size {self.batch_size} is more than {MAX_BATCH_RATIO} x learning_rate_batch "
-                f"({self.learning_rate_batch}); Adam's settings can be scaled for batches up to "
-                f"{MAX_BATCH_RATIO * self.learning_rate_batch} event-days: lower batch_size or raise learning_rate_batch")
+                f"batch_size {self.batch_size} is more than {MAX_BATCH_RATIO} times learning_rate_batch "
+                f"{self.learning_rate_batch} ({MAX_BATCH_RATIO * self.learning_rate_batch} event-days), the largest "
+                f"batch that Adam's settings are scaled for. Lower batch_size to at most "
+                f"{MAX_BATCH_RATIO * self.learning_rate_batch} or raise learning_rate_batch to at least "
+                f"{-(-self.batch_size // MAX_BATCH_RATIO)}")
         return self
 
     @field_validator("encoder_units")

@@ -40,6 +40,9 @@ log = logging.getLogger(__name__)
 # encoder has collapsed to the prior: its scores cannot tell days apart.
 COLLAPSED_KL_RANGE = 0.1
 COLLAPSE_CHECK_ROWS = 8192
+# A member whose loss in the last epoch is more than this many times the median of the members
+# has not settled, for example because its loss spiked late in training.
+UNSETTLED_LOSS_FACTOR = 1.5
 MAX_LOG_RATE = 20.0  # exp(20) is about 5e8 messages a minute: far above any real count
 
 
@@ -184,6 +187,17 @@ class Ensemble:
         return len(self.members)
 
 
+def unsettled_members(final_losses: Sequence[float]) -> list[int]:
+    """Return the members whose final loss is above ``UNSETTLED_LOSS_FACTOR`` times the members' median.
+
+    With fewer than three members the median tells too little, and the list is empty.
+    """
+    if len(final_losses) < 3:
+        return []
+    limit = UNSETTLED_LOSS_FACTOR * float(np.median(final_losses))
+    return [member for member, loss in enumerate(final_losses) if loss > limit]
+
+
 def train_ensemble(
     data: TrainingSet,
     vocabulary: list[tuple[str, int]],
@@ -221,6 +235,17 @@ def train_ensemble(
     log.info("Trained %d members in %.0f s: final loss %.2f to %.2f", len(members), seconds,
              min(member_losses[-1] for member_losses in losses), max(member_losses[-1] for member_losses in losses))
 
+    final_losses = [member_losses[-1] for member_losses in losses]
+    unsettled = unsettled_members(final_losses)
+    if unsettled:
+        median = float(np.median(final_losses))
+        log.warning(
+            "Member(s) %s ended training at a loss of %s, more than %.1f times the members' median of %.2f: "
+            "probably a loss spike late in training. Their votes count like the others'. To train them again, "
+            "change model.seed or lower model.learning_rate",
+            ", ".join(str(member) for member in unsettled),
+            ", ".join(f"{final_losses[member]:.2f}" for member in unsettled), UNSETTLED_LOSS_FACTOR, median)
+
     # Up to COLLAPSE_CHECK_ROWS rows spread over the set show a collapse as well as all of them.
     sample = np.linspace(0, len(data.counts) - 1, min(len(data.counts), COLLAPSE_CHECK_ROWS)).astype(np.int64)
     kl = ensemble_kl(members, data.counts[sample], data.events[sample])
@@ -240,7 +265,8 @@ def train_ensemble(
         "distinct_data_points": len(data.counts),
         "events": len(vocabulary),
         "seeds": seeds,
-        "final_loss": [member_losses[-1] for member_losses in losses],
+        "final_loss": final_losses,
+        "unsettled_members": unsettled,
         "kl_range": kl_ranges,
         "loss_per_epoch": losses,
         "training_seconds": round(seconds, 2),
@@ -279,7 +305,9 @@ def load_metadata(folder: Path) -> dict[str, Any]:
 def load_ensemble(folder: Path) -> Ensemble:
     """Read an ensemble written by ``save_ensemble``."""
     metadata = load_metadata(folder)
-    settings = ModelConfig.model_validate(metadata["model"])
+    # Only the model's shape matters here; the training settings of an older version may not
+    # pass today's checks (model.batch_size, for one, once meant rows and had no upper limit).
+    settings = ModelConfig.model_construct(**{**ModelConfig().model_dump(), **metadata["model"]})
     vocabulary = [(str(host), int(template_id)) for host, template_id in metadata["vocabulary"]]
     members = []
     for index in range(len(metadata["seeds"])):

@@ -292,6 +292,13 @@ def batch_rows(entries: int, data_points: float, batch_size: int) -> int:
     return max(1, min(entries, round(entries * batch_size / data_points)))
 
 
+def step_plan(entries: int, data_points: float, settings: ModelConfig) -> tuple[int, int, AdamSettings]:
+    """Return the rows a step takes, the steps an epoch makes and Adam's settings for such steps."""
+    batch = batch_rows(entries, data_points, settings.batch_size)
+    steps = -(-entries // batch)
+    return batch, steps, AdamSettings.scaled(settings, data_points / steps, data_points)
+
+
 @dataclass(frozen=True)
 class AdamSettings:
     learning_rate: float
@@ -404,8 +411,9 @@ def train_stacked(
     Member i starts from the weights ``CVAE(...)`` draws under ``torch.manual_seed(seeds[i])``.
     The batch orders, dropout masks and latent draws come from generators seeded with
     ``seeds[0]``, which draw separate values for each member. An epoch visits every entry of
-    ``epoch_rows`` once per member, in an order of its own, ``batch_size`` entries a step. A
-    step's loss is the weighted mean over the event-days that its entries stand for. When
+    ``epoch_rows`` once per member, in an order of its own, ``batch_rows(...)`` entries a step,
+    so that a step averages ``batch_size`` event-days. A step's loss is the weighted mean over
+    the event-days that its entries stand for, and Adam's settings follow ``AdamSettings.scaled``. When
     ``epochs`` epochs make fewer than ``min_steps`` steps, training runs more epochs until it
     reaches ``min_steps``. ``progress(epoch, epochs)`` is called after each epoch.
     """
@@ -424,10 +432,8 @@ def train_stacked(
         raise StateError("no data points to train on; ingest logs first ('loglatent ingest')")
     rows, row_weights = epoch_rows(data.weights.astype(np.float64))
     entries = len(rows)
-    batch = batch_rows(entries, data.data_points, settings.batch_size)
-    steps = -(-entries // batch)
+    batch, steps, adam = step_plan(entries, data.data_points, settings)
     epochs = max(settings.epochs, -(-settings.min_steps // steps))
-    adam = AdamSettings.scaled(settings, data.data_points / steps, data.data_points)
     log.info("Training %d members together on %s in %s: %d rows an epoch (%d distinct, %d data points), "
              "%d steps an epoch of %d rows, %d epochs; Adam lr %.3g, betas %.3g and %.5g",
              member_count, device, str(dtype).removeprefix("torch."), entries, len(data.counts), data.data_points,
@@ -482,7 +488,8 @@ def train_stacked(
 
                 leaves = {name: view.detach().requires_grad_() for name, view in zip(names, low_views)}
                 masks = iter(upcoming.result())
-                upcoming = helper.submit(step_masks, step_sizes[(index + 1) % len(step_sizes)])
+                if adam_steps + 1 < epochs * steps:
+                    upcoming = helper.submit(step_masks, step_sizes[(index + 1) % len(step_sizes)])
                 noise = torch.randn((member_count, size, settings.latent_dim), generator=noise_generator, device=device)
                 output, mean, log_variance = _forward(
                     leaves.__getitem__, stack.hidden_layers,
