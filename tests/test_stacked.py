@@ -149,7 +149,7 @@ def corpus_set() -> TrainingSet:
     return TrainingSet(np.stack(rows), events, weights)
 
 
-def test_a_step_averages_batch_size_event_days() -> None:
+def test_batch_rows_average_batch_size_event_days() -> None:
     # 54,720 event-days in 29,208 rows: 1,024 event-days a step is 547 rows, 54 steps an epoch.
     assert batch_rows(29_208, 54_720, 1024) == 547
     # Rows of 32 event-days each: 1,024 event-days are 32 of them.

@@ -167,7 +167,7 @@ class ModelConfig(_Section):
     epochs: int = Field(default=50, ge=1, le=10_000)
     min_steps: int = Field(default=1000, ge=1)
     # Event-days per training step. A row stands for every identical day of its event, so a step
-    # holds fewer rows than this where days repeat (see loglatent.stacked).
+    # contains fewer rows than this where days repeat (see loglatent.stacked).
     batch_size: int = Field(default=1024, ge=1)
     # Adam's step size for steps of `learning_rate_batch` event-days. Larger or smaller steps
     # scale it, and Adam's betas, by the square-root rule, so that the batch size sets the speed
