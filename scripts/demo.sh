@@ -16,8 +16,8 @@ export LOGLATENT_ES_URL
 echo "Elasticsearch: $LOGLATENT_ES_URL"
 
 # The demo owns these names: start from scratch, so that no earlier run's data changes the result.
-echo "== Removing the previous demo's indices ($INDEX, $OUTPUT_INDEX) and demo/data"
-curl -fsS -X DELETE "$LOGLATENT_ES_URL/$INDEX,$OUTPUT_INDEX?ignore_unavailable=true" >/dev/null
+echo "== Removing the previous demo's indices ($INDEX, $OUTPUT_INDEX, $OUTPUT_INDEX-scores) and demo/data"
+curl -fsS -X DELETE "$LOGLATENT_ES_URL/$INDEX,$OUTPUT_INDEX,$OUTPUT_INDEX-scores?ignore_unavailable=true" >/dev/null
 rm -rf demo/data demo/output
 
 echo "== Loading samples/loghub-linux/Linux.log (loghub)"

@@ -158,7 +158,13 @@ def test_display_names_and_zone_abbreviations(tmp_path: Path) -> None:
 def test_batch_beyond_the_scaling_rule_is_rejected(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as error:
         load_config(write(tmp_path, "model:\n  batch_size: 4096\n"), environ={})
-    assert "batch_size 4096" in str(error.value)
+    assert "batch_size 4096 is more than" in str(error.value)
     assert "Lower batch_size to at most 2048 or raise learning_rate_batch to at least 512" in str(error.value)
     raised = load_config(write(tmp_path, "model:\n  batch_size: 4096\n  learning_rate_batch: 512\n"), environ={})
     assert raised.model.batch_size == 4096
+
+
+def test_batch_limit_names_the_default(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError) as error:
+        load_config(write(tmp_path, "model:\n  learning_rate_batch: 100\n"), environ={})
+    assert "batch_size 1024 (the default) is more than 8 times learning_rate_batch 100" in str(error.value)

@@ -189,8 +189,9 @@ class ModelConfig(_Section):
     @model_validator(mode="after")
     def _batch_within_scaling_rule(self) -> ModelConfig:
         if self.batch_size > MAX_BATCH_RATIO * self.learning_rate_batch:
+            default = "" if "batch_size" in self.model_fields_set else " (the default)"
             raise ValueError(
-                f"batch_size {self.batch_size} is more than {MAX_BATCH_RATIO} times learning_rate_batch "
+                f"batch_size {self.batch_size}{default} is more than {MAX_BATCH_RATIO} times learning_rate_batch "
                 f"{self.learning_rate_batch} ({MAX_BATCH_RATIO * self.learning_rate_batch} event-days), the largest "
                 f"batch that Adam's settings are scaled for. Lower batch_size to at most "
                 f"{MAX_BATCH_RATIO * self.learning_rate_batch} or raise learning_rate_batch to at least "

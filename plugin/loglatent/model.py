@@ -190,7 +190,7 @@ class Ensemble:
 def unsettled_members(final_losses: Sequence[float]) -> list[int]:
     """Return the members whose final loss is above ``UNSETTLED_LOSS_FACTOR`` times the members' median.
 
-    With fewer than three members the median tells too little, and the list is empty.
+    With fewer than three members the median is not a useful baseline, so the list is empty.
     """
     if len(final_losses) < 3:
         return []
@@ -232,10 +232,10 @@ def train_ensemble(
 
     members, losses = train_stacked(data, len(vocabulary), settings, seeds, device, progress)
     seconds = time.monotonic() - started
-    log.info("Trained %d members in %.0f s: final loss %.2f to %.2f", len(members), seconds,
-             min(member_losses[-1] for member_losses in losses), max(member_losses[-1] for member_losses in losses))
-
     final_losses = [member_losses[-1] for member_losses in losses]
+    log.info("Trained %d members in %.0f s: final loss %.2f to %.2f", len(members), seconds,
+             min(final_losses), max(final_losses))
+
     unsettled = unsettled_members(final_losses)
     if unsettled:
         median = float(np.median(final_losses))
@@ -305,8 +305,8 @@ def load_metadata(folder: Path) -> dict[str, Any]:
 def load_ensemble(folder: Path) -> Ensemble:
     """Read an ensemble written by ``save_ensemble``."""
     metadata = load_metadata(folder)
-    # Only the model's shape matters here; the training settings of an older version may not
-    # pass today's checks (model.batch_size, for one, once meant rows and had no upper limit).
+    # Only the model's shape matters here. Training settings stored by an older version may fail
+    # today's checks, because model.batch_size, for one, once meant rows and had no upper limit.
     settings = ModelConfig.model_construct(**{**ModelConfig().model_dump(), **metadata["model"]})
     vocabulary = [(str(host), int(template_id)) for host, template_id in metadata["vocabulary"]]
     members = []

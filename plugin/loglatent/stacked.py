@@ -301,6 +301,8 @@ def step_plan(entries: int, data_points: float, settings: ModelConfig) -> tuple[
 
 @dataclass(frozen=True)
 class AdamSettings:
+    """Adam's learning rate, betas and eps for steps of one size."""
+
     learning_rate: float
     beta1: float
     beta2: float
@@ -310,7 +312,7 @@ class AdamSettings:
     def scaled(cls, settings: ModelConfig, step_days: float, data_points: float) -> AdamSettings:
         """Return Adam's settings for steps of ``step_days`` event-days by the square-root rule.
 
-        ``model.learning_rate`` and Adam's defaults (betas 0.9 and 0.999, eps 1e-8) hold for steps
+        ``model.learning_rate`` and Adam's defaults (betas 0.9 and 0.999, eps 1e-8) apply to steps
         of ``model.learning_rate_batch`` event-days, or of the whole data set where it is smaller.
         For steps k times as large, the rule of Malladi et al. ("On the SDEs and Scaling Rules for
         Adaptive Gradient Algorithms", NeurIPS 2022) multiplies the learning rate by sqrt(k) and
