@@ -15,7 +15,7 @@ from loglatent.jobs import detect, run_once, train
 from loglatent.ingest import ingest, open_store
 from loglatent.synthetic import generate, kind_of
 
-MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 120\n  batch_size: 256\n  compile: false\n"
+MODEL = "model:\n  ensemble_size: 3\n  epochs: 15\n  min_steps: 300\n  batch_size: 256\n  compile: false\n"
 
 
 @pytest.fixture(scope="module")
