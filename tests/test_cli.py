@@ -126,6 +126,22 @@ def test_subcommand_help_needs_no_config() -> None:
     assert "--from" in result.stdout
 
 
+def test_config_after_command_name(tmp_path: Path) -> None:
+    good = tmp_path / "good.yaml"
+    good.write_text("data_dir: empty\n")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("source:\n  timezone: Mars/Olympus\n")
+    command = [sys.executable, "-m", "loglatent", "export-histograms", "--out", str(tmp_path / "x.npz")]
+    after = subprocess.run([*command, "--config", str(good)], capture_output=True, text=True)
+    assert after.returncode == 4, after.stderr
+    assert "run ingest first" in after.stderr
+    # The one after the command's name wins over the one before it.
+    both = subprocess.run([command[0], "-m", "loglatent", "--config", str(good), *command[3:], "--config", str(bad)],
+                          capture_output=True, text=True)
+    assert both.returncode == 2, both.stderr
+    assert "source.timezone" in both.stderr
+
+
 def test_load_without_index_rejects_pattern(tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text("source:\n  index: 'logs-*'\n")

@@ -77,6 +77,27 @@ def test_racing_workers_one_wins(es: Elasticsearch, state_index: str) -> None:
         assert state.holder == winner.holder
 
 
+def test_acquire_renew_race_in_one_worker(es: Elasticsearch, state_index: str) -> None:
+    # A worker's main thread takes the lease before each job while its scheduler thread renews it.
+    lease = Lease(es, state_index, "worker", "host-a:1", ttl_seconds=60)
+    assert lease.acquire()
+    rounds = 40
+    results: dict[str, list[bool]] = {"acquire": [], "renew": []}
+    barrier = threading.Barrier(2)
+
+    def repeat(operation: str) -> None:
+        for _ in range(rounds):
+            barrier.wait()
+            results[operation].append(getattr(lease, operation)())
+
+    threads = [threading.Thread(target=repeat, args=(operation,)) for operation in results]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results == {"acquire": [True] * rounds, "renew": [True] * rounds}
+
+
 def test_ttl_must_be_positive(es: Elasticsearch) -> None:
     with pytest.raises(ValueError, match="ttl_seconds must be positive"):
         Lease(es, "unused", "worker", "a", ttl_seconds=0)

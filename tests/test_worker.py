@@ -1,10 +1,12 @@
 """The scheduled worker's jobs against the real node: the lease between two workers, and catch-up after downtime."""
 
 import os
+import queue
 import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -133,34 +135,37 @@ def test_downtime_detects_missed_days_in_order(es: Elasticsearch, index_name: st
 
 
 def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, state_index: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
-    import signal
-    import subprocess
-    import sys
-    import time
-
-    from loglatent.lease import Lease
-
     index_documents(es, index_name, generate(seed=6, days=2, hosts=1).documents)
     make_config(index_name, extra=QUIET.format(state=state_index) + TINY)
     config_file = make_config.last_path
     process = subprocess.Popen([sys.executable, "-m", "loglatent", "--config", str(config_file), "run"],
                                stderr=subprocess.PIPE, text=True)
     assert process.stderr is not None
+    # A thread reads the worker's log, so that a missing line fails the test instead of hanging it.
+    lines: queue.Queue[str] = queue.Queue()
+    log_stream = process.stderr
+
+    def read_log() -> None:
+        for line in log_stream:
+            lines.put(line)
+
+    reader = threading.Thread(target=read_log, daemon=True)
+    reader.start()
+    seen: list[str] = []
     try:
-        started = time.monotonic()
-        lines = []
-        while time.monotonic() - started < 60:
-            line = process.stderr.readline()
-            lines.append(line)
-            if "started; waiting for the next scheduled job" in line or not line:
-                break
-        assert any("started; waiting" in line for line in lines), lines
+        deadline = time.monotonic() + 120
+        while not any("started; waiting for the next scheduled job" in line for line in seen):
+            try:
+                seen.append(lines.get(timeout=max(0.0, deadline - time.monotonic())))
+            except queue.Empty:
+                pytest.fail(f"timed out after 120 s waiting for the worker to start; its log:\n{''.join(seen)}")
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=30) == 0
-        rest = process.stderr.read()
+        reader.join(timeout=10)
     finally:
         if process.poll() is None:
             process.kill()
+    rest = "".join(seen) + "".join(lines.queue)
     assert "Received SIGTERM" in rest
     assert "stopped" in rest
     assert Lease(es, state_index, "worker", "probe", 60).read() is None

@@ -56,13 +56,16 @@ class _Progress:
             click.echo(err=True)
 
 
+CONFIG_HELP = "YAML configuration file (see config.example.yaml). Also read from LOGLATENT_CONFIG."
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option(
     "--config",
     "config_path",
     type=click.Path(dir_okay=False, path_type=Path),
     envvar="LOGLATENT_CONFIG",
-    help="YAML configuration file (see config.example.yaml). Also read from LOGLATENT_CONFIG.",
+    help=CONFIG_HELP,
 )
 @click.option(
     "--log-level",
@@ -87,11 +90,16 @@ def cli(ctx: click.Context, config_path: Path | None, log_level: str) -> None:
 
 
 def pass_config(command: Callable[..., None]) -> Callable[..., None]:
-    """Load the configuration only when a command runs, so that ``COMMAND --help`` needs none."""
+    """Load the configuration only when a command runs, so that ``COMMAND --help`` needs none.
 
+    ``--config`` works before the command's name and after it; the one after it wins.
+    """
+
+    @click.option("--config", "command_config_path", type=click.Path(dir_okay=False, path_type=Path),
+                  help=CONFIG_HELP)
     @functools.wraps(command)
-    def with_config(*args: Any, **kwargs: Any) -> None:
-        config_path = click.get_current_context().obj
+    def with_config(*args: Any, command_config_path: Path | None = None, **kwargs: Any) -> None:
+        config_path = command_config_path or click.get_current_context().obj
         if config_path is None:
             raise click.UsageError("Missing option '--config' (or the LOGLATENT_CONFIG variable).")
         command(load_config(config_path), *args, **kwargs)
@@ -339,7 +347,7 @@ def status(config: Config) -> None:
     for job in JOBS:
         run = store.last_run(job)
         if run is None:
-            click.echo(f"  {job:7} never run")
+            click.echo(f"  {job:7} never run by the worker (commands run by hand are not recorded here)")
         else:
             details = ", ".join(f"{name} {_plain(value)}" for name, value in run["details"].items() if value is not None)
             click.echo(f"  {job:7} {run['outcome']:7} started {run['started']}, finished {run['finished']} "

@@ -85,9 +85,16 @@ class Lease:
             raise ValueError(f"ttl_seconds must be positive, got {ttl_seconds}")
         self.client, self.index, self.holder, self.ttl, self.clock = client, index, holder, ttl_seconds, clock
         self.document_id = f"lease-{name}"
+        # The scheduler's thread renews while the main thread acquires before each job. Unserialised,
+        # both read one version and the second write fails as if another worker held the lease.
+        self._lock = threading.RLock()
 
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or already ours, and return whether we hold it."""
+        with self._lock:
+            return self._acquire()
+
+    def _acquire(self) -> bool:
         now = self.clock()
         try:
             self.client.create(index=self.index, id=self.document_id, document=self._document(now, now))
@@ -97,7 +104,7 @@ class Lease:
             pass
         state = self.read()
         if state is None:
-            return self.acquire()
+            return self._acquire()
         if state.holder != self.holder and state.expires_at > now:
             return False
         taken = self._write_if_unchanged(state, now)
@@ -108,22 +115,24 @@ class Lease:
 
     def renew(self) -> bool:
         """Extend our lease by ``ttl_seconds``; return False when another worker holds it now."""
-        now = self.clock()
-        state = self.read()
-        if state is None or state.holder != self.holder:
-            return False
-        return self._write_if_unchanged(state, now)
+        with self._lock:
+            now = self.clock()
+            state = self.read()
+            if state is None or state.holder != self.holder:
+                return False
+            return self._write_if_unchanged(state, now)
 
     def release(self) -> None:
         """Give the lease up if we hold it, so that another worker can take it at once."""
-        state = self.read()
-        if state is None or state.holder != self.holder:
-            return
-        try:
-            self.client.delete(index=self.index, id=self.document_id, if_seq_no=state.seq_no,
-                               if_primary_term=state.primary_term)
-        except (ConflictError, NotFoundError):
-            return
+        with self._lock:
+            state = self.read()
+            if state is None or state.holder != self.holder:
+                return
+            try:
+                self.client.delete(index=self.index, id=self.document_id, if_seq_no=state.seq_no,
+                                   if_primary_term=state.primary_term)
+            except (ConflictError, NotFoundError):
+                return
 
     def read(self) -> LeaseState | None:
         """Return the lease document as stored now, or None when there is none."""
