@@ -171,6 +171,37 @@ def test_run_stops_on_sigterm(es: Elasticsearch, index_name: str, make_config, s
     assert Lease(es, state_index, "worker", "probe", 60).read() is None
 
 
+def test_takeover_catch_up_keeps_renewing(es: Elasticsearch, index_name: str, make_config, state_index: str) -> None:  # type: ignore[no-untyped-def]
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    index_documents(es, index_name, generate(seed=9, days=10, hosts=1).documents)
+    output = f"{index_name}-anomalies"
+    config = make_config(index_name, extra=QUIET.format(state=state_index) + TINY + f"output:\n  index: {output}\n")
+    worker = Worker(es, config, holder="taker")
+    worker.scheduler = BackgroundScheduler()
+    worker.scheduler.start()
+    try:
+        # The lease is free: keep_lease takes it and leaves the catch-up (ingest, train, detect) to a job of its own.
+        worker.keep_lease()
+        assert worker.state.last_run("detect") is None
+
+        expiries = []
+        deadline = time.monotonic() + 180
+        while worker.state.last_run("detect") is None:
+            assert time.monotonic() < deadline, "timed out after 180 s waiting for the catch-up's detect"
+            worker.keep_lease()
+            lease = worker.lease.read()
+            assert lease is not None
+            expiries.append(lease.expires_at)
+            time.sleep(0.5)
+        assert len(expiries) >= 2
+        assert expiries == sorted(set(expiries))
+    finally:
+        worker.scheduler.shutdown(wait=True)
+        es.indices.delete(index=f"{output},{output}-scores", ignore_unavailable=True)
+    assert worker.state.last_run("detect")["outcome"] == "ok"  # type: ignore[index]
+
+
 def test_status_shows_runs_and_lease(es: Elasticsearch, index_name: str, make_config, state_index: str, capsys) -> None:  # type: ignore[no-untyped-def]
     from loglatent.cli import main
 

@@ -20,7 +20,7 @@ import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from elasticsearch import ApiError, Elasticsearch, TransportError
 
@@ -30,6 +30,9 @@ from loglatent.errors import LoglatentError
 from loglatent.lease import Lease
 from loglatent.schedule import JOBS, fire_times, triggers
 from loglatent.state import StateStore, days_to_detect, digest_plan
+
+if TYPE_CHECKING:
+    from apscheduler.schedulers.base import BaseScheduler
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +61,7 @@ class Worker:
         self._reported_waiting = False
         self._catching_up = threading.Lock()
         self._lease_error_reported = False
+        self.scheduler: BaseScheduler | None = None
         self.stopping = threading.Event()
 
     def run_job(self, job: str, now: datetime | None = None, trigger: str = "manual") -> str:
@@ -131,16 +135,30 @@ class Worker:
         if self._lease_error_reported:
             log.info("Elasticsearch is reachable again; the lease is checked as before")
             self._lease_error_reported = False
-        if renewed:
+        if renewed and self._holding:
             return
-        had_lease = self._holding
-        if had_lease:
-            log.warning("Worker %s lost the lease (it was not renewed within schedule.lease_seconds, %d s); "
-                        "a job that is still running may overlap with another worker's",
-                        self.holder, self.config.schedule.lease_seconds)
-        if self._hold_lease() and not had_lease:
+        if renewed:
+            # The lease is ours although the last acquire reported otherwise.
+            gained = True
+            self._holding = True
+        else:
+            had_lease = self._holding
+            if had_lease:
+                log.warning("Worker %s lost the lease (it was not renewed within schedule.lease_seconds, %d s); "
+                            "a job that is still running may overlap with another worker's",
+                            self.holder, self.config.schedule.lease_seconds)
+            gained = self._hold_lease() and not had_lease
+        if gained:
             log.info("Worker %s now holds the lease; catching up", self.holder)
+            self._start_catch_up()
+
+    def _start_catch_up(self) -> None:
+        """Catch up as a job of its own, so that this thread goes on renewing the lease meanwhile."""
+        if self.scheduler is None:
             self.catch_up()
+            return
+        self.scheduler.add_job(self.catch_up, id="catch-up", max_instances=1, replace_existing=True,
+                                misfire_grace_time=None)
 
     def _hold_lease(self) -> bool:
         """Take or renew the lease; log once when another worker holds it."""
@@ -197,6 +215,7 @@ class Worker:
         schedule = self.config.schedule
         jobs = scheduled_jobs(self.config)
         scheduler = BackgroundScheduler(timezone=schedule.zone)
+        self.scheduler = scheduler
         # The lease is renewed from the start, so that it outlives a long catch-up.
         scheduler.add_job(self.keep_lease, "interval", seconds=max(1, schedule.lease_seconds // 3), id="lease",
                           max_instances=1, coalesce=True)
