@@ -30,6 +30,7 @@ import multiprocessing
 import os
 import platform
 import resource
+import signal
 import sys
 import time
 from pathlib import Path
@@ -228,7 +229,13 @@ def _device_name(device: torch.device) -> str:
     return f"cpu ({cpu_model()}, {os.cpu_count()} cores)"
 
 
+def _exit_on_sigterm(signal_number: int, _frame: Any) -> None:
+    # SystemExit leaves the Pool's with-block, which terminates the child instead of orphaning it.
+    raise SystemExit(128 + signal_number)
+
+
 def _in_child(function: Any, options: dict[str, Any]) -> dict[str, Any]:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
     context = multiprocessing.get_context("spawn")
     with context.Pool(1) as pool:
         return dict(pool.apply(function, (options,)))
