@@ -344,6 +344,8 @@ def main() -> None:
     product = _in_child(run_product, options)
     if args.skip_reference:
         print(json.dumps(product, indent=1))
+        if args.json:
+            args.json.write_text(json.dumps({"options": options, "product": product}, indent=1))
         return
     print(f"Training the reference ({options['reference_members']} x {options['reference_epochs']})...",
           file=sys.stderr, flush=True)
