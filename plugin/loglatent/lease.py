@@ -87,7 +87,7 @@ class Lease:
         self.document_id = f"lease-{name}"
         # The scheduler's thread renews while the main thread acquires before each job. Unserialised,
         # both read one version and the second write fails as if another worker held the lease.
-        self._lock = threading.RLock()
+        self._lock = threading.Lock()
 
     def acquire(self) -> bool:
         """Take the lease if it is free, expired or already ours, and return whether we hold it."""

@@ -135,11 +135,9 @@ class Worker:
         if self._lease_error_reported:
             log.info("Elasticsearch is reachable again; the lease is checked as before")
             self._lease_error_reported = False
-        if renewed and self._holding:
-            return
         if renewed:
-            # The lease is ours although the last acquire reported otherwise.
-            gained = True
+            # A renewal proves the lease is ours, even if the last acquire reported otherwise.
+            gained = not self._holding
             self._holding = True
         else:
             had_lease = self._holding
